@@ -1,0 +1,557 @@
+"""cffi (API mode, out-of-line) builders for pygev's two small native modules.
+
+* ``ringbuf._ringbuf_native``: map a memfd twice back to back (a mirrored ring) and move bytes
+  between a file descriptor and ring memory with readv/writev.
+* ``reactor._reactor_native``: the per-turn I/O glue.  One call waits for readiness and reads every
+  ready socket into a per-loop arena (optionally splitting frames of the built-in codecs), and one
+  call flushes every connection's queued output with one sendmsg per connection.  Results travel
+  as int32 rows (fd, a, b, code), never as Python objects.
+
+The C here is glue only: syscalls, per-turn batching and frame splitting.  Policy (which
+connection, what to do on errors, backpressure) lives in Python.
+
+Build: ``pip install -e .`` runs this through setup.py's ``cffi_modules``; ``python build_ffi.py``
+builds both modules in place for development.
+"""
+from cffi import FFI
+
+# --------------------------------------------------------------------------------------------
+# ringbuf native module
+# --------------------------------------------------------------------------------------------
+RING_CDEF = """
+long rb_page_size(void);
+void *rb_map_mirror(size_t size);
+int rb_unmap_mirror(void *base, size_t size);
+long rb_readv2(int fd, char *p1, size_t n1, char *p2, size_t n2);
+long rb_writev2(int fd, const char *p1, size_t n1, const char *p2, size_t n2);
+"""
+
+RING_SRC = r"""
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+long rb_page_size(void) { return sysconf(_SC_PAGESIZE); }
+
+/* A memfd of `size` bytes, or -1 with errno set (ENOSYS where memfd does not exist). */
+static int rb_memfd(size_t size)
+{
+#if defined(__linux__) && defined(MFD_CLOEXEC)
+    int fd = memfd_create("pygev-ring", MFD_CLOEXEC);
+    if (fd < 0) return -1;
+    if (ftruncate(fd, (off_t)size) != 0) { int e = errno; close(fd); errno = e; return -1; }
+    return fd;
+#else
+    (void)size; errno = ENOSYS; return -1;
+#endif
+}
+
+/* Reserve 2*size of address space, then map the same memfd pages into both halves, so that
+   base[i] and base[i + size] are the same byte.  The memfd is closed before returning: the
+   mappings keep the pages alive, and no file descriptor is held per ring. */
+void *rb_map_mirror(size_t size)
+{
+    int fd = rb_memfd(size);
+    if (fd < 0) return NULL;
+    char *base = mmap(NULL, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) { int e = errno; close(fd); errno = e; return NULL; }
+    if (mmap(base, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED ||
+        mmap(base + size, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) {
+        int e = errno; munmap(base, 2 * size); close(fd); errno = e; return NULL;
+    }
+    close(fd);
+    return base;
+}
+
+int rb_unmap_mirror(void *base, size_t size) { return munmap(base, 2 * size); }
+
+/* readv into up to two regions; bytes read, 0 at EOF, or -errno. */
+long rb_readv2(int fd, char *p1, size_t n1, char *p2, size_t n2)
+{
+    struct iovec iov[2] = {{p1, n1}, {p2, n2}};
+    ssize_t r = readv(fd, iov, n2 ? 2 : 1);
+    return r < 0 ? -errno : (long)r;
+}
+
+/* writev from up to two regions; bytes written or -errno. */
+long rb_writev2(int fd, const char *p1, size_t n1, const char *p2, size_t n2)
+{
+    struct iovec iov[2] = {{(void *)p1, n1}, {(void *)p2, n2}};
+    ssize_t r = writev(fd, iov, n2 ? 2 : 1);
+    return r < 0 ? -errno : (long)r;
+}
+"""
+
+ring_ffi = FFI()
+ring_ffi.cdef(RING_CDEF)
+ring_ffi.set_source("ringbuf._ringbuf_native", RING_SRC)
+
+# --------------------------------------------------------------------------------------------
+# reactor native module
+# --------------------------------------------------------------------------------------------
+REACTOR_CDEF = """
+typedef struct {
+    int type;                 /* 0 none, 1 length field, 2 delimiter, 3 fixed length */
+    int len_offset, len_size, adjust, strip, little;
+    int64_t max_frame;
+    int delim_len;
+    unsigned char delim[16];
+    int strip_cr;
+    int64_t fixed;
+} pg_codec;
+
+#define PG_K_CONN 0
+#define PG_K_LISTEN 1
+#define PG_K_WAKE 2
+
+#define PG_R_DATA 1
+#define PG_R_FRAME 2
+#define PG_R_PARTIAL 3
+#define PG_R_EOF 4
+#define PG_R_ERROR 5
+#define PG_R_READABLE 6
+#define PG_R_WRITABLE 7
+#define PG_R_ACCEPT 8
+#define PG_R_ACCEPT_ERROR 9
+#define PG_R_WAKE 10
+#define PG_R_FRAME_ERROR 11
+
+#define PG_F_PYREAD 1
+#define PG_F_NODELAY 2
+
+#define PG_O_ARENA 0
+#define PG_O_SCRATCH 1
+#define PG_O_PTR 2
+#define PG_O_UINT_BE 3
+#define PG_O_UINT_LE 4
+
+#define PG_FRAME_TOO_LONG 1
+#define PG_FRAME_BAD_LENGTH 2
+
+int pg_event_size(void);
+int pg_poller_open(void);
+int pg_ctl(int pfd, int op, int fd, int kind, int readable, int writable);
+int pg_poll(int pfd, void *evbuf, int maxev, int timeout_ms,
+            const unsigned char *fdflags, int nflags,
+            char *arena, int64_t arena_size, int64_t read_max,
+            const pg_codec *codec, int32_t *rows, int maxrows);
+int64_t pg_split(const pg_codec *codec, const char *buf, int64_t len, int fd,
+                 int32_t *rows, int maxrows, int *nrows);
+int pg_flush(const int32_t *spec, int nspec, const char *arena, const char *scratch,
+             char **ptrs, int64_t *out);
+int pg_wake_open(int *fds);
+int pg_wake(int wfd);
+int pg_close(int fd);
+int pg_shutdown_write(int fd);
+int pg_setsockopt_int(int fd, int level, int opt, int value);
+int pg_pending_error(int fd);
+"""
+
+REACTOR_SRC = r"""
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#else
+#include <sys/event.h>
+#include <sys/time.h>
+#endif
+
+typedef struct {
+    int type;
+    int len_offset, len_size, adjust, strip, little;
+    int64_t max_frame;
+    int delim_len;
+    unsigned char delim[16];
+    int strip_cr;
+    int64_t fixed;
+} pg_codec;
+
+enum { PG_K_CONN = 0, PG_K_LISTEN = 1, PG_K_WAKE = 2 };
+enum { PG_R_DATA = 1, PG_R_FRAME, PG_R_PARTIAL, PG_R_EOF, PG_R_ERROR, PG_R_READABLE,
+       PG_R_WRITABLE, PG_R_ACCEPT, PG_R_ACCEPT_ERROR, PG_R_WAKE, PG_R_FRAME_ERROR };
+enum { PG_F_PYREAD = 1, PG_F_NODELAY = 2 };
+enum { PG_O_ARENA = 0, PG_O_SCRATCH, PG_O_PTR, PG_O_UINT_BE, PG_O_UINT_LE };
+enum { PG_FRAME_TOO_LONG = 1, PG_FRAME_BAD_LENGTH = 2 };
+
+#define ROW(F, A, B, C) do { rows[4*nr] = (F); rows[4*nr+1] = (int32_t)(A); \
+    rows[4*nr+2] = (int32_t)(B); rows[4*nr+3] = (C); nr++; } while (0)
+#define ROW_RESERVE 4          /* rows kept free for a PARTIAL / error row after splitting */
+#define ACCEPTS_PER_TURN 64
+
+/* ---- frame splitting for the built-in codecs ------------------------------------------- */
+
+static const unsigned char *pg_find(const unsigned char *h, int64_t hn, const unsigned char *n, int nn)
+{
+    if (nn == 1) return memchr(h, n[0], (size_t)hn);
+    while (hn >= nn) {
+        const unsigned char *p = memchr(h, n[0], (size_t)(hn - nn + 1));
+        if (!p) return NULL;
+        if (memcmp(p, n, (size_t)nn) == 0) return p;
+        hn -= (p - h) + 1; h = p + 1;
+    }
+    return NULL;
+}
+
+static int32_t clamp32(int64_t v) { return v > INT32_MAX ? INT32_MAX : (int32_t)v; }
+
+/* Emit a PG_R_FRAME row (fd, base + offset, length) for every complete frame in buf[0:len).
+   Returns the bytes consumed; on a bad frame emits PG_R_FRAME_ERROR (fd, reason, length) and
+   returns -1.  Stops early, leaving the rest unconsumed, when `maxrows` is reached. */
+static int64_t split_frames(const pg_codec *c, const unsigned char *buf, int64_t len, int fd,
+                            int64_t base, int32_t *rows, int *pnr, int maxrows)
+{
+    int nr = *pnr;
+    int64_t pos = 0;
+    if (c->type == 1) {
+        int64_t hdr_end = (int64_t)c->len_offset + c->len_size;
+        while (nr < maxrows && len - pos >= hdr_end) {
+            const unsigned char *h = buf + pos + c->len_offset;
+            uint64_t v = 0;
+            int i;
+            if (c->little) for (i = c->len_size - 1; i >= 0; i--) v = (v << 8) | h[i];
+            else for (i = 0; i < c->len_size; i++) v = (v << 8) | h[i];
+            int64_t frame = v > (uint64_t)INT32_MAX * 4 ? INT64_MAX : (int64_t)v + c->adjust + hdr_end;
+            if (frame < hdr_end || c->strip > frame) {
+                ROW(fd, PG_FRAME_BAD_LENGTH, clamp32(frame), PG_R_FRAME_ERROR); *pnr = nr; return -1;
+            }
+            if (frame > c->max_frame) {
+                ROW(fd, PG_FRAME_TOO_LONG, clamp32(frame), PG_R_FRAME_ERROR); *pnr = nr; return -1;
+            }
+            if (len - pos < frame) break;
+            ROW(fd, base + pos + c->strip, frame - c->strip, PG_R_FRAME);
+            pos += frame;
+        }
+    } else if (c->type == 2) {
+        /* bytes that may sit before a delimiter of a frame that is not too long yet */
+        int64_t slack = c->max_frame + c->strip_cr + c->delim_len - 1;
+        while (nr < maxrows && pos < len) {
+            const unsigned char *s = buf + pos;
+            const unsigned char *d = pg_find(s, len - pos, c->delim, c->delim_len);
+            if (!d) {
+                if (len - pos > slack) {
+                    ROW(fd, PG_FRAME_TOO_LONG, clamp32(len - pos), PG_R_FRAME_ERROR); *pnr = nr; return -1;
+                }
+                break;
+            }
+            int64_t flen = d - s;
+            if (c->strip_cr && flen > 0 && s[flen - 1] == '\r') flen--;
+            if (flen > c->max_frame) {
+                ROW(fd, PG_FRAME_TOO_LONG, clamp32(flen), PG_R_FRAME_ERROR); *pnr = nr; return -1;
+            }
+            ROW(fd, base + pos, flen, PG_R_FRAME);
+            pos += (d - s) + c->delim_len;
+        }
+    } else if (c->type == 3) {
+        while (nr < maxrows && len - pos >= c->fixed) {
+            ROW(fd, base + pos, c->fixed, PG_R_FRAME);
+            pos += c->fixed;
+        }
+    }
+    *pnr = nr;
+    return pos;
+}
+
+int64_t pg_split(const pg_codec *codec, const char *buf, int64_t len, int fd,
+                 int32_t *rows, int maxrows, int *nrows)
+{
+    *nrows = 0;
+    return split_frames(codec, (const unsigned char *)buf, len, fd, 0, rows, nrows, maxrows);
+}
+
+/* ---- readiness: one backend-neutral handler, two backends ----------------------------- */
+
+static int32_t addr_hash(const struct sockaddr_storage *ss)
+{
+    const unsigned char *p = NULL;
+    size_t n = 0;
+    if (ss->ss_family == AF_INET) { p = (const unsigned char *)&((const struct sockaddr_in *)ss)->sin_addr; n = 4; }
+    else if (ss->ss_family == AF_INET6) { p = (const unsigned char *)&((const struct sockaddr_in6 *)ss)->sin6_addr; n = 16; }
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 16777619u; }
+    return (int32_t)(h & 0x7fffffff);
+}
+
+static int accept_nb(int lfd, struct sockaddr_storage *ss, socklen_t *sl)
+{
+#ifdef __linux__
+    return accept4(lfd, (struct sockaddr *)ss, sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+#else
+    int c = accept(lfd, (struct sockaddr *)ss, sl);
+    if (c >= 0) {
+        int one = 1;
+        fcntl(c, F_SETFL, fcntl(c, F_GETFL) | O_NONBLOCK);
+        fcntl(c, F_SETFD, FD_CLOEXEC);
+#ifdef SO_NOSIGPIPE
+        setsockopt(c, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
+#endif
+        (void)one;
+    }
+    return c;
+#endif
+}
+
+typedef struct {
+    const unsigned char *fdflags; int nflags;
+    char *arena; int64_t arena_size, read_max, used;
+    const pg_codec *codec;
+    int32_t *rows; int maxrows; int nr;
+} turn_t;
+
+static void handle_event(turn_t *t, int fd, int kind, int readable, int writable)
+{
+    int32_t *rows = t->rows;
+    int nr = t->nr;
+    int flags = fd < t->nflags ? t->fdflags[fd] : 0;
+    if (kind == PG_K_WAKE) {
+        char drain[64];
+        while (read(fd, drain, sizeof drain) > 0) {}
+        ROW(fd, 0, 0, PG_R_WAKE);
+    } else if (kind == PG_K_LISTEN) {
+        for (int k = 0; k < ACCEPTS_PER_TURN && nr + ROW_RESERVE <= t->maxrows; k++) {
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            int c = accept_nb(fd, &ss, &sl);
+            if (c < 0) {
+                if (errno == EINTR || errno == ECONNABORTED) continue;
+                if (errno != EAGAIN && errno != EWOULDBLOCK) ROW(fd, errno, 0, PG_R_ACCEPT_ERROR);
+                break;
+            }
+            if (flags & PG_F_NODELAY) {
+                int one = 1;
+                setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            }
+            ROW(fd, c, addr_hash(&ss), PG_R_ACCEPT);
+        }
+    } else {
+        if (writable) ROW(fd, 0, 0, PG_R_WRITABLE);
+        if (readable) {
+            if (flags & PG_F_PYREAD) {
+                ROW(fd, 0, 0, PG_R_READABLE);
+            } else {
+                int64_t room = t->arena_size - t->used;
+                if (room > t->read_max) room = t->read_max;
+                if (room >= 4096 || room >= t->read_max) {
+                    ssize_t r = read(fd, t->arena + t->used, (size_t)room);
+                    if (r > 0) {
+                        int64_t at = t->used;
+                        t->used += r;
+                        if (t->codec && t->codec->type) {
+                            int64_t done = split_frames(t->codec, (unsigned char *)t->arena + at, r, fd, at,
+                                                        rows, &nr, t->maxrows - ROW_RESERVE);
+                            if (done >= 0 && done < r) ROW(fd, at + done, r - done, PG_R_PARTIAL);
+                        } else {
+                            ROW(fd, at, r, PG_R_DATA);
+                        }
+                    } else if (r == 0) {
+                        ROW(fd, 0, 0, PG_R_EOF);
+                    } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                        ROW(fd, errno, 0, PG_R_ERROR);
+                    }
+                }
+                /* else: the arena is full this turn; level-triggered readiness reports it again */
+            }
+        }
+    }
+    t->nr = nr;
+}
+
+#ifdef __linux__
+
+int pg_event_size(void) { return (int)sizeof(struct epoll_event); }
+int pg_poller_open(void) { int r = epoll_create1(EPOLL_CLOEXEC); return r < 0 ? -errno : r; }
+
+/* op: 1 add, 2 modify, 3 delete.  Level-triggered; EPOLLOUT only while asked for. */
+int pg_ctl(int pfd, int op, int fd, int kind, int readable, int writable)
+{
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = (readable ? EPOLLIN : 0) | (writable ? EPOLLOUT : 0);
+    ev.data.u64 = (uint32_t)fd | ((uint64_t)(uint32_t)kind << 32);
+    int o = op == 1 ? EPOLL_CTL_ADD : op == 2 ? EPOLL_CTL_MOD : EPOLL_CTL_DEL;
+    return epoll_ctl(pfd, o, fd, &ev) < 0 ? -errno : 0;
+}
+
+int pg_poll(int pfd, void *evbuf, int maxev, int timeout_ms,
+            const unsigned char *fdflags, int nflags,
+            char *arena, int64_t arena_size, int64_t read_max,
+            const pg_codec *codec, int32_t *rows, int maxrows)
+{
+    struct epoll_event *evs = evbuf;
+    int n = epoll_wait(pfd, evs, maxev, timeout_ms);
+    if (n < 0) return errno == EINTR ? 0 : -errno;
+    turn_t t = {fdflags, nflags, arena, arena_size, read_max, 0, codec, rows, maxrows, 0};
+    for (int i = 0; i < n && t.nr + ROW_RESERVE < maxrows; i++) {
+        uint32_t e = evs[i].events;
+        handle_event(&t, (int)(uint32_t)evs[i].data.u64, (int)(evs[i].data.u64 >> 32),
+                     (e & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0, (e & EPOLLOUT) != 0);
+    }
+    return t.nr;
+}
+
+int pg_wake_open(int *fds)
+{
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0) return -errno;
+    fds[0] = fds[1] = fd;
+    return 0;
+}
+
+#else  /* kqueue: BSD and macOS */
+
+int pg_event_size(void) { return (int)sizeof(struct kevent); }
+int pg_poller_open(void) { int r = kqueue(); return r < 0 ? -errno : r; }
+
+int pg_ctl(int pfd, int op, int fd, int kind, int readable, int writable)
+{
+    struct kevent ch[2];
+    void *ud = (void *)(uintptr_t)((uint32_t)fd | ((uint64_t)(uint32_t)kind << 32));
+    int add = op != 3;
+    EV_SET(&ch[0], fd, EVFILT_READ, add && readable ? EV_ADD | EV_ENABLE : EV_DELETE, 0, 0, ud);
+    EV_SET(&ch[1], fd, EVFILT_WRITE, add && writable ? EV_ADD | EV_ENABLE : EV_DELETE, 0, 0, ud);
+    for (int i = 0; i < 2; i++)  /* deleting a filter that was never added is not an error here */
+        if (kevent(pfd, &ch[i], 1, NULL, 0, NULL) < 0 && errno != ENOENT) return -errno;
+    return 0;
+}
+
+int pg_poll(int pfd, void *evbuf, int maxev, int timeout_ms,
+            const unsigned char *fdflags, int nflags,
+            char *arena, int64_t arena_size, int64_t read_max,
+            const pg_codec *codec, int32_t *rows, int maxrows)
+{
+    struct kevent *evs = evbuf;
+    struct timespec ts = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000L};
+    int n = kevent(pfd, NULL, 0, evs, maxev, timeout_ms < 0 ? NULL : &ts);
+    if (n < 0) return errno == EINTR ? 0 : -errno;
+    turn_t t = {fdflags, nflags, arena, arena_size, read_max, 0, codec, rows, maxrows, 0};
+    for (int i = 0; i < n && t.nr + ROW_RESERVE < maxrows; i++) {
+        uint64_t ud = (uint64_t)(uintptr_t)evs[i].udata;
+        int rd = evs[i].filter == EVFILT_READ, wr = evs[i].filter == EVFILT_WRITE;
+        handle_event(&t, (int)(uint32_t)ud, (int)(ud >> 32), rd, wr);
+    }
+    return t.nr;
+}
+
+int pg_wake_open(int *fds)
+{
+    if (pipe(fds) < 0) return -errno;
+    for (int i = 0; i < 2; i++) {
+        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+        fcntl(fds[i], F_SETFD, FD_CLOEXEC);
+    }
+    return 0;
+}
+
+#endif
+
+int pg_wake(int wfd)
+{
+    uint64_t one = 1;
+    ssize_t r = write(wfd, &one, sizeof one);
+    return r < 0 && errno != EAGAIN ? -errno : 0;
+}
+
+/* ---- output: one sendmsg per connection for everything queued in a turn ----------------- */
+
+#define FLUSH_IOV 256
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0
+#endif
+
+/* spec holds groups [fd, nparts, (kind, a, b) x nparts]:
+     PG_O_ARENA (offset, length) in `arena`; PG_O_SCRATCH (offset, length) in `scratch`;
+     PG_O_PTR (index into ptrs, length); PG_O_UINT_BE / PG_O_UINT_LE (value, width in bytes).
+   For each group, out gets (bytes written or -errno, bytes queued).  Writing stops at the first
+   short write of a group; what is left is the caller's to keep.  Returns the number of groups. */
+int pg_flush(const int32_t *spec, int nspec, const char *arena, const char *scratch,
+             char **ptrs, int64_t *out)
+{
+    struct iovec iov[FLUSH_IOV];
+    unsigned char hdr[FLUSH_IOV][8];
+    int pos = 0, g = 0;
+    while (pos + 2 <= nspec) {
+        int fd = spec[pos], np = spec[pos + 1];
+        pos += 2;
+        int64_t total = 0, written = 0;
+        int k = 0, stalled = 0, err = 0;
+        for (int j = 0; j < np; j++, pos += 3) {
+            int kind = spec[pos];
+            int32_t a = spec[pos + 1], b = spec[pos + 2];
+            const char *p;
+            size_t n;
+            if (kind == PG_O_ARENA) { p = arena + a; n = (size_t)b; }
+            else if (kind == PG_O_SCRATCH) { p = scratch + a; n = (size_t)b; }
+            else if (kind == PG_O_PTR) { p = ptrs[a]; n = (size_t)b; }
+            else {
+                uint32_t v = (uint32_t)a;
+                for (int i = 0; i < b; i++) {
+                    int sh = kind == PG_O_UINT_BE ? 8 * (b - 1 - i) : 8 * i;
+                    hdr[k][i] = sh < 32 ? (unsigned char)(v >> sh) : 0;
+                }
+                p = (const char *)hdr[k]; n = (size_t)b;
+            }
+            total += (int64_t)n;
+            if (stalled || err || n == 0) continue;
+            iov[k].iov_base = (void *)p; iov[k].iov_len = n;
+            k++;
+            if (k == FLUSH_IOV || j == np - 1) {
+                struct msghdr m;
+                memset(&m, 0, sizeof m);
+                m.msg_iov = iov; m.msg_iovlen = (size_t)k;
+                size_t want = 0;
+                for (int i = 0; i < k; i++) want += iov[i].iov_len;
+                ssize_t r;
+                do { r = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT); } while (r < 0 && errno == EINTR);
+                if (r < 0) { if (errno == EAGAIN || errno == EWOULDBLOCK) stalled = 1; else err = errno; }
+                else { written += r; if ((size_t)r < want) stalled = 1; }
+                k = 0;
+            }
+        }
+        out[2 * g] = err ? -(int64_t)err : written;
+        out[2 * g + 1] = total;
+        g++;
+    }
+    return g;
+}
+
+/* ---- small socket helpers --------------------------------------------------------------- */
+
+int pg_close(int fd) { return close(fd) < 0 ? -errno : 0; }
+int pg_shutdown_write(int fd) { return shutdown(fd, SHUT_WR) < 0 ? -errno : 0; }
+int pg_setsockopt_int(int fd, int level, int opt, int value)
+{
+    return setsockopt(fd, level, opt, &value, sizeof value) < 0 ? -errno : 0;
+}
+int pg_pending_error(int fd)
+{
+    int e = 0;
+    socklen_t l = sizeof e;
+    return getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l) < 0 ? errno : e;
+}
+"""
+
+reactor_ffi = FFI()
+reactor_ffi.cdef(REACTOR_CDEF)
+reactor_ffi.set_source("reactor._reactor_native", REACTOR_SRC, extra_compile_args=["-O2"])
+
+if __name__ == "__main__":
+    ring_ffi.compile(verbose=False)
+    reactor_ffi.compile(verbose=False)

@@ -1,0 +1,131 @@
+"""The reading API shared by RingBuffer and ViewBuffer: everything derived from `_view_at`,
+`retrieve` and `len`, so each buffer only says where its bytes are."""
+from __future__ import annotations
+
+from typing import Literal
+
+
+class BufferReader:
+    """Read-side API over a run of unread bytes, with netty-style 'virtual' (tentative) reads.
+
+    A virtual read advances a private cursor and hands out a view without consuming anything;
+    `virtual_flush()` consumes what was virtually read and `virtual_revert()` forgets it.
+    """
+
+    __slots__ = ("_v",)
+
+    def __init__(self) -> None:
+        self._v = 0
+
+    # -- what a concrete buffer provides -----------------------------------------------------
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _view_at(self, offset: int, n: int) -> memoryview:
+        """A read-only-by-convention view of n unread bytes starting `offset` bytes in."""
+        raise NotImplementedError
+
+    def retrieve(self, n: int) -> None:
+        """Consume (discard) up to n unread bytes."""
+        raise NotImplementedError
+
+    # -- derived API ---------------------------------------------------------------------------
+    @property
+    def is_empty(self) -> bool:
+        return len(self) == 0
+
+    def peek(self, n: int) -> memoryview:
+        """View of the first min(n, len) unread bytes, without consuming them."""
+        size = len(self)
+        return self._view_at(0, n if 0 <= n < size else size)
+
+    def peek_all(self) -> memoryview:
+        """View of every unread byte (one contiguous memoryview)."""
+        return self._view_at(0, len(self))
+
+    def retrieve_all(self) -> None:
+        """Consume every unread byte."""
+        self.retrieve(len(self))
+
+    def read(self, n: int) -> bytes:
+        """Copy out and consume up to n bytes."""
+        data = bytes(self.peek(n))
+        self.retrieve(len(data))
+        return data
+
+    def read_into(self, buf: bytearray | memoryview) -> int:
+        """Copy up to len(buf) bytes into `buf` and consume them; returns the count."""
+        out = memoryview(buf).cast("B")
+        n = min(len(out), len(self))
+        out[:n] = self._view_at(0, n)
+        self.retrieve(n)
+        return n
+
+    def peek_uint(self, size: int, offset: int = 0,
+                  byteorder: Literal["big", "little"] = "big") -> int | None:
+        """The unsigned integer of `size` bytes at `offset`, or None when not buffered yet."""
+        if offset < 0 or size <= 0 or offset + size > len(self):
+            return None
+        return int.from_bytes(self._view_at(offset, size), byteorder)
+
+    def virtual_read(self, n: int) -> memoryview:
+        """View of the next up to n bytes after earlier virtual reads; consumes nothing yet."""
+        avail = len(self) - self._v
+        if n > avail:
+            n = avail
+        if n <= 0:
+            return memoryview(b"")
+        view = self._view_at(self._v, n)
+        self._v += n
+        return view
+
+    @property
+    def virtual_length(self) -> int:
+        """Bytes left after the pending virtual reads."""
+        return len(self) - self._v
+
+    def virtual_flush(self) -> None:
+        """Consume everything virtually read so far."""
+        v, self._v = self._v, 0
+        if v:
+            self.retrieve(v)
+
+    def virtual_revert(self) -> None:
+        """Forget pending virtual reads; nothing is consumed."""
+        self._v = 0
+
+    def _after_retrieve(self, n: int) -> None:
+        """Keep the virtual cursor pointing at the same byte after n bytes were consumed."""
+        v = self._v - n
+        self._v = v if v > 0 else 0
+
+
+class ViewBuffer(BufferReader):
+    """The reading API over a memoryview (no copy): consuming moves a cursor, nothing else."""
+
+    __slots__ = ("_mv", "_pos")
+
+    def __init__(self, view: memoryview | bytes | bytearray) -> None:
+        super().__init__()
+        self._mv = view if type(view) is memoryview else memoryview(view)
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._mv) - self._pos
+
+    def _view_at(self, offset: int, n: int) -> memoryview:
+        start = self._pos + offset
+        return self._mv[start:start + n]
+
+    def retrieve(self, n: int) -> None:
+        if n <= 0:
+            return
+        size = len(self._mv) - self._pos
+        if n > size:
+            n = size
+        self._pos += n
+        if self._v:
+            self._after_retrieve(n)
+
+    def __repr__(self) -> str:
+        return f"<ViewBuffer len={len(self)}>"
