@@ -1,0 +1,24 @@
+"""Shared pytest setup for the pygev test suite.
+
+Hypothesis runs with a bounded, deterministic profile (no example database on disk, no
+per-example deadline: CI machines are noisy), so property tests stay fast and repeatable.
+Set PYGEV_HYPOTHESIS_PROFILE=explore for a longer randomised run when hunting bugs.
+"""
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "pygev",
+    max_examples=100,
+    stateful_step_count=40,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("explore", parent=settings.get_profile("pygev"), max_examples=2000,
+                           derandomize=False)
+settings.load_profile(os.environ.get("PYGEV_HYPOTHESIS_PROFILE", "pygev"))
