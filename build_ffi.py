@@ -140,7 +140,7 @@ int pg_ctl(int pfd, int op, int fd, int kind, int readable, int writable);
 int pg_poll(int pfd, void *evbuf, int maxev, int timeout_ms,
             const unsigned char *fdflags, int nflags,
             char *arena, int64_t arena_size, int64_t read_max,
-            const pg_codec *codec, int32_t *rows, int maxrows);
+            const pg_codec *codec, int32_t *rows, int maxrows, int64_t *nread);
 int64_t pg_split(const pg_codec *codec, const char *buf, int64_t len, int fd,
                  int32_t *rows, int maxrows, int *nrows);
 int pg_flush(const int32_t *spec, int nspec, const char *arena, const char *scratch,
@@ -393,7 +393,7 @@ int pg_ctl(int pfd, int op, int fd, int kind, int readable, int writable)
 int pg_poll(int pfd, void *evbuf, int maxev, int timeout_ms,
             const unsigned char *fdflags, int nflags,
             char *arena, int64_t arena_size, int64_t read_max,
-            const pg_codec *codec, int32_t *rows, int maxrows)
+            const pg_codec *codec, int32_t *rows, int maxrows, int64_t *nread)
 {
     struct epoll_event *evs = evbuf;
     int n = epoll_wait(pfd, evs, maxev, timeout_ms);
@@ -404,6 +404,7 @@ int pg_poll(int pfd, void *evbuf, int maxev, int timeout_ms,
         handle_event(&t, (int)(uint32_t)evs[i].data.u64, (int)(evs[i].data.u64 >> 32),
                      (e & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0, (e & EPOLLOUT) != 0);
     }
+    *nread += t.used;
     return t.nr;
 }
 
@@ -435,7 +436,7 @@ int pg_ctl(int pfd, int op, int fd, int kind, int readable, int writable)
 int pg_poll(int pfd, void *evbuf, int maxev, int timeout_ms,
             const unsigned char *fdflags, int nflags,
             char *arena, int64_t arena_size, int64_t read_max,
-            const pg_codec *codec, int32_t *rows, int maxrows)
+            const pg_codec *codec, int32_t *rows, int maxrows, int64_t *nread)
 {
     struct kevent *evs = evbuf;
     struct timespec ts = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000L};
@@ -447,6 +448,7 @@ int pg_poll(int pfd, void *evbuf, int maxev, int timeout_ms,
         int rd = evs[i].filter == EVFILT_READ, wr = evs[i].filter == EVFILT_WRITE;
         handle_event(&t, (int)(uint32_t)ud, (int)(ud >> 32), rd, wr);
     }
+    *nread += t.used;
     return t.nr;
 }
 

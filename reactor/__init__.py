@@ -1,0 +1,20 @@
+"""reactor: pygev's event loops, server, connections and protocols.
+
+    from reactor import Server, Handler
+
+    class Echo(Handler):
+        def on_message(self, conn, ctx, data):
+            return data
+
+    Server(Echo(), address="127.0.0.1:1833").start()
+"""
+from .connection import Connection, ConnectionClosed
+from .handler import Handler
+from .loop import EventLoop
+from .protocol import DefaultProtocol, Protocol, ProtocolError
+from .server import Server
+from .timers import Timer
+
+__all__ = ["Connection", "ConnectionClosed", "DefaultProtocol", "EventLoop", "Handler", "Protocol",
+           "ProtocolError", "Server", "Timer"]
+__version__ = "0.1.0"
