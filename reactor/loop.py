@@ -57,13 +57,13 @@ LINGER = 5.0                # a closing connection that makes no write progress 
 TURN_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 _RESET = (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT)
-_NATIVE_PROTOCOLS: set[type] = set()   # codec classes whose frames the native code may split
 
 
-def register_native_protocol(cls: type) -> type:
-    """Mark a built-in codec class as splittable in C (exact type only: subclasses may override)."""
-    _NATIVE_PROTOCOLS.add(cls)
-    return cls
+def _native_protocols() -> tuple[type, ...]:
+    """Codec classes whose frames the native code splits (exact types: a subclass may override)."""
+    from . import codec
+    return (codec.LineProtocol, codec.DelimiterProtocol, codec.FixedLengthProtocol,
+            codec.LengthFieldProtocol)
 
 
 def _fd_table_size() -> int:
@@ -129,7 +129,7 @@ class EventLoop:
         if ptype is DefaultProtocol:
             self._mode = MODE_RAW
             self._packet = None
-        elif ptype in _NATIVE_PROTOCOLS and protocol._native_codec() is not None:  # type: ignore[attr-defined]
+        elif ptype in _native_protocols() and protocol._native_codec() is not None:  # type: ignore[attr-defined]
             self._mode = MODE_NATIVE
             self._native_spec = protocol._native_codec()  # type: ignore[attr-defined]
             pack = protocol._native_pack()  # type: ignore[attr-defined]
@@ -871,4 +871,4 @@ class EventLoop:
             self._abort(conn, None, "stop")
 
 
-__all__ = ["EventLoop", "register_native_protocol"]
+__all__ = ["EventLoop"]
