@@ -130,6 +130,7 @@ typedef struct {
 #define PG_O_PTR 2
 #define PG_O_UINT_BE 3
 #define PG_O_UINT_LE 4
+#define PG_O_FRAME 5
 
 #define PG_FRAME_TOO_LONG 1
 #define PG_FRAME_BAD_LENGTH 2
@@ -144,7 +145,8 @@ int pg_poll(int pfd, void *evbuf, int maxev, int timeout_ms,
 int64_t pg_split(const pg_codec *codec, const char *buf, int64_t len, int fd,
                  int32_t *rows, int maxrows, int *nrows);
 int pg_flush(const int32_t *spec, int nspec, const char *arena, const char *scratch,
-             char **ptrs, int64_t *out);
+             char **ptrs, int hdr_width, int hdr_little, const char *suffix, int suffix_len,
+             int64_t *out);
 int pg_wake_open(int *fds);
 int pg_wake(int wfd);
 int pg_close(int fd);
@@ -189,7 +191,7 @@ enum { PG_K_CONN = 0, PG_K_LISTEN = 1, PG_K_WAKE = 2 };
 enum { PG_R_DATA = 1, PG_R_FRAME, PG_R_PARTIAL, PG_R_EOF, PG_R_ERROR, PG_R_READABLE,
        PG_R_WRITABLE, PG_R_ACCEPT, PG_R_ACCEPT_ERROR, PG_R_WAKE, PG_R_FRAME_ERROR };
 enum { PG_F_PYREAD = 1, PG_F_NODELAY = 2 };
-enum { PG_O_ARENA = 0, PG_O_SCRATCH, PG_O_PTR, PG_O_UINT_BE, PG_O_UINT_LE };
+enum { PG_O_ARENA = 0, PG_O_SCRATCH, PG_O_PTR, PG_O_UINT_BE, PG_O_UINT_LE, PG_O_FRAME };
 enum { PG_FRAME_TOO_LONG = 1, PG_FRAME_BAD_LENGTH = 2 };
 
 #define ROW(F, A, B, C) do { rows[4*nr] = (F); rows[4*nr+1] = (int32_t)(A); \
@@ -480,11 +482,22 @@ int pg_wake(int wfd)
 
 /* spec holds groups [fd, nparts, (kind, a, b) x nparts]:
      PG_O_ARENA (offset, length) in `arena`; PG_O_SCRATCH (offset, length) in `scratch`;
-     PG_O_PTR (index into ptrs, length); PG_O_UINT_BE / PG_O_UINT_LE (value, width in bytes).
+     PG_O_PTR (index into ptrs, length); PG_O_UINT_BE / PG_O_UINT_LE (value, width in bytes);
+     PG_O_FRAME (offset, length) in `arena`, framed by the codec: a `hdr_width`-byte length
+     prefix (little-endian when hdr_little) and/or the `suffix` bytes.
    For each group, out gets (bytes written or -errno, bytes queued).  Writing stops at the first
    short write of a group; what is left is the caller's to keep.  Returns the number of groups. */
+static void put_uint(unsigned char *dst, uint32_t v, int width, int little)
+{
+    for (int i = 0; i < width; i++) {
+        int sh = little ? 8 * i : 8 * (width - 1 - i);
+        dst[i] = sh < 32 ? (unsigned char)(v >> sh) : 0;
+    }
+}
+
 int pg_flush(const int32_t *spec, int nspec, const char *arena, const char *scratch,
-             char **ptrs, int64_t *out)
+             char **ptrs, int hdr_width, int hdr_little, const char *suffix, int suffix_len,
+             int64_t *out)
 {
     struct iovec iov[FLUSH_IOV];
     unsigned char hdr[FLUSH_IOV][8];
@@ -493,38 +506,44 @@ int pg_flush(const int32_t *spec, int nspec, const char *arena, const char *scra
         int fd = spec[pos], np = spec[pos + 1];
         pos += 2;
         int64_t total = 0, written = 0;
-        int k = 0, stalled = 0, err = 0;
+        int k = 0, stop = 0;
+        size_t want = 0;
+        int err = 0;
         for (int j = 0; j < np; j++, pos += 3) {
             int kind = spec[pos];
             int32_t a = spec[pos + 1], b = spec[pos + 2];
-            const char *p;
-            size_t n;
-            if (kind == PG_O_ARENA) { p = arena + a; n = (size_t)b; }
-            else if (kind == PG_O_SCRATCH) { p = scratch + a; n = (size_t)b; }
-            else if (kind == PG_O_PTR) { p = ptrs[a]; n = (size_t)b; }
-            else {
-                uint32_t v = (uint32_t)a;
-                for (int i = 0; i < b; i++) {
-                    int sh = kind == PG_O_UINT_BE ? 8 * (b - 1 - i) : 8 * i;
-                    hdr[k][i] = sh < 32 ? (unsigned char)(v >> sh) : 0;
+            int k0 = k;
+            switch (kind) {
+            case PG_O_ARENA: iov[k].iov_base = (void *)(arena + a); iov[k++].iov_len = (size_t)b; break;
+            case PG_O_SCRATCH: iov[k].iov_base = (void *)(scratch + a); iov[k++].iov_len = (size_t)b; break;
+            case PG_O_PTR: iov[k].iov_base = ptrs[a]; iov[k++].iov_len = (size_t)b; break;
+            case PG_O_UINT_BE: case PG_O_UINT_LE:
+                put_uint(hdr[k], (uint32_t)a, b, kind == PG_O_UINT_LE);
+                iov[k].iov_base = hdr[k]; iov[k++].iov_len = (size_t)b; break;
+            case PG_O_FRAME:
+                if (hdr_width) {
+                    put_uint(hdr[k], (uint32_t)b, hdr_width, hdr_little);
+                    iov[k].iov_base = hdr[k]; iov[k++].iov_len = (size_t)hdr_width;
                 }
-                p = (const char *)hdr[k]; n = (size_t)b;
+                iov[k].iov_base = (void *)(arena + a); iov[k++].iov_len = (size_t)b;
+                if (suffix_len) { iov[k].iov_base = (void *)suffix; iov[k++].iov_len = (size_t)suffix_len; }
+                break;
+            default: break;
             }
-            total += (int64_t)n;
-            if (stalled || err || n == 0) continue;
-            iov[k].iov_base = (void *)p; iov[k].iov_len = n;
-            k++;
-            if (k == FLUSH_IOV || j == np - 1) {
-                struct msghdr m;
-                memset(&m, 0, sizeof m);
-                m.msg_iov = iov; m.msg_iovlen = (size_t)k;
-                size_t want = 0;
-                for (int i = 0; i < k; i++) want += iov[i].iov_len;
-                ssize_t r;
-                do { r = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT); } while (r < 0 && errno == EINTR);
-                if (r < 0) { if (errno == EAGAIN || errno == EWOULDBLOCK) stalled = 1; else err = errno; }
-                else { written += r; if ((size_t)r < want) stalled = 1; }
-                k = 0;
+            for (int i = k0; i < k; i++) want += iov[i].iov_len;
+            if (stop) { k = 0; total += (int64_t)want; want = 0; continue; }
+            if (k > FLUSH_IOV - 3 || j == np - 1) {
+                total += (int64_t)want;
+                if (want) {
+                    struct msghdr m;
+                    memset(&m, 0, sizeof m);
+                    m.msg_iov = iov; m.msg_iovlen = (size_t)k;
+                    ssize_t r;
+                    do { r = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT); } while (r < 0 && errno == EINTR);
+                    if (r < 0) { stop = 1; if (errno != EAGAIN && errno != EWOULDBLOCK) err = errno; }
+                    else { written += r; if ((size_t)r < want) stop = 1; }
+                }
+                k = 0; want = 0;
             }
         }
         out[2 * g] = err ? -(int64_t)err : written;

@@ -40,15 +40,14 @@ R_ERROR, R_READABLE, R_WRITABLE = lib.PG_R_ERROR, lib.PG_R_READABLE, lib.PG_R_WR
 R_ACCEPT, R_ACCEPT_ERROR, R_WAKE, R_FRAME_ERROR = (lib.PG_R_ACCEPT, lib.PG_R_ACCEPT_ERROR,
                                                    lib.PG_R_WAKE, lib.PG_R_FRAME_ERROR)
 # output part kinds for pg_flush
-O_ARENA, O_SCRATCH, O_PTR, O_UINT_BE, O_UINT_LE = (lib.PG_O_ARENA, lib.PG_O_SCRATCH, lib.PG_O_PTR,
-                                                   lib.PG_O_UINT_BE, lib.PG_O_UINT_LE)
+O_ARENA, O_SCRATCH, O_PTR, O_UINT_BE, O_UINT_LE, O_FRAME = (
+    lib.PG_O_ARENA, lib.PG_O_SCRATCH, lib.PG_O_PTR, lib.PG_O_UINT_BE, lib.PG_O_UINT_LE, lib.PG_O_FRAME)
 F_PYREAD, F_NODELAY = lib.PG_F_PYREAD, lib.PG_F_NODELAY
 
 MODE_RAW, MODE_NATIVE, MODE_GENERIC = 0, 1, 2
 
 ARENA_SIZE = 4 << 20        # per-loop read arena (pages are touched only as far as reads reach)
 SCRATCH_SIZE = 256 << 10    # per-turn copies of small replies
-SCRATCH_RESERVED = 16       # scratch[0:16] holds the codec's constant suffix (delimiter)
 COPY_MAX = 2048             # replies up to this size are copied into scratch; larger ones pinned
 MAX_EVENTS = 1024
 MAX_ROWS = 16384
@@ -122,26 +121,32 @@ class EventLoop:
         self._protocol = protocol
         self._unpacket = protocol.unpacket
         self._packet: Callable[..., Any] | None = protocol.packet
-        self._pack_prefix: tuple | None = None
-        self._pack_suffix: tuple | None = None
+        # How a reply that is the very view handed to on_message is queued without a copy:
+        # `_echo_kind` is O_ARENA (sent as is) or O_FRAME (pg_flush adds the codec's header/suffix);
+        # None when the protocol's packet() must run.
+        self._echo_kind: int | None = None
+        self._hdr_width = 0
+        self._hdr_little = 0
+        self._suffix = b""
         self._native_spec: dict | None = None
         ptype = type(protocol)
         if ptype is DefaultProtocol:
             self._mode = MODE_RAW
             self._packet = None
+            self._echo_kind = O_ARENA
         elif ptype in _native_protocols() and protocol._native_codec() is not None:  # type: ignore[attr-defined]
             self._mode = MODE_NATIVE
             self._native_spec = protocol._native_codec()  # type: ignore[attr-defined]
             pack = protocol._native_pack()  # type: ignore[attr-defined]
             if pack is not None:
+                self._echo_kind = O_FRAME
                 if pack[0] == "uint":
-                    self._pack_prefix = (O_UINT_BE if pack[2] == "big" else O_UINT_LE, pack[1])
+                    self._hdr_width = pack[1]
+                    self._hdr_little = int(pack[2] == "little")
                 elif pack[0] == "suffix":
-                    self._pack_suffix = (O_SCRATCH, 0, len(pack[1]))
-                    self._suffix_bytes = bytes(pack[1])
-                self._pack_native = True
-            else:
-                self._pack_native = False
+                    self._suffix = bytes(pack[1])
+                else:
+                    self._echo_kind = O_ARENA
         else:
             self._mode = MODE_GENERIC
         self._max_pending = getattr(protocol, "max_pending", 16 << 20)
@@ -165,7 +170,7 @@ class EventLoop:
         self._arena_addr = int(ffi.cast("intptr_t", self._arena))
         self._scratch = raw("char[]", SCRATCH_SIZE)
         self._scratch_mv = memoryview(ffi.buffer(self._scratch))
-        self._scratch_pos = SCRATCH_RESERVED
+        self._scratch_pos = 0
         self._ptrs = ffi.new("char *[]", MAX_PTRS)
         self._keep: list[Any] = []
         self._events = raw("char[]", Poller.event_size() * MAX_EVENTS)
@@ -184,8 +189,7 @@ class EventLoop:
                     ffi.memmove(self._codec.delim, bytes(value), len(value))
                 else:
                     setattr(self._codec, key, value)
-        if self._pack_suffix is not None:
-            self._scratch_mv[0:len(self._suffix_bytes)] = self._suffix_bytes
+        self._suffix_buf = ffi.new("char[]", self._suffix or b"\0")
 
     def _add_listener(self, fd: int, nodelay: bool) -> None:
         if fd < self._nflags:
@@ -324,45 +328,36 @@ class EventLoop:
         conns = self._conns
         arena = self._arena_mv
         now = self.now
-        mode = self._mode
+        generic = self._mode == MODE_GENERIC
         on_message = self._on_message
-        dirty = self._dirty
-        prefix = self._pack_prefix
-        suffix = self._pack_suffix
-        pack_native = mode == MODE_NATIVE and self._pack_native
+        dirty_append = self._dirty.append
+        echo_kind = self._echo_kind
         last_fd = -1
         conn: Any = None
         it = iter(rows)
         for fd, a, b, code in zip(it, it, it, it):
             if fd != last_fd:
-                conn = conns.get(fd)
                 last_fd = fd
-            if code == R_FRAME or code == R_DATA:
+                conn = conns.get(fd)
+                if conn is not None:
+                    conn._last = now
+            if code <= 2:      # R_DATA / R_FRAME: the per-message path, kept short on purpose
                 if conn is None or conn._state:
                     continue
-                conn._last = now
-                if mode == MODE_GENERIC:
+                if generic:
                     self._feed(conn, arena[a:a + b])
                     continue
                 view = arena[a:a + b]
                 try:
                     res = on_message(conn, None, view)
-                    if res is None:
-                        continue
-                    if res is view and (mode == MODE_RAW or pack_native):
-                        if prefix is not None:
-                            part: tuple = (prefix[0], b, prefix[1], O_ARENA, a, b)
-                        elif suffix is not None:
-                            part = (O_ARENA, a, b) + suffix
-                        else:
-                            part = (O_ARENA, a, b)
+                    if res is view and echo_kind is not None:
                         parts = conn._parts
                         if parts is None:
-                            conn._parts = list(part)
-                            dirty.append(conn)
+                            conn._parts = [echo_kind, a, b]
+                            dirty_append(conn)
                         else:
-                            parts += part
-                    elif conn._state == OPEN:
+                            parts += (echo_kind, a, b)
+                    elif res is not None and conn._state == OPEN:
                         self._send(conn, res, True)
                 except Exception as exc:
                     self._fail(conn, exc)
@@ -581,6 +576,10 @@ class EventLoop:
             return self._scratch_mv[a:a + b]
         if kind == O_PTR:
             return self._keep[a][1]
+        if kind == O_FRAME:
+            order = "little" if self._hdr_little else "big"
+            head = b.to_bytes(self._hdr_width, order) if self._hdr_width else b""
+            return b"".join((head, self._arena_mv[a:a + b], self._suffix))
         return a.to_bytes(b, "big" if kind == O_UINT_BE else "little")
 
     def _spill(self, conn: Connection, parts: list, skip: int) -> None:
@@ -625,7 +624,8 @@ class EventLoop:
                 self._out_res = res_mv = ffi.new("int64_t[]", 2 * len(groups))
             arr = array("i", spec)
             g = lib.pg_flush(ffi.from_buffer("int32_t[]", arr), len(arr), self._arena, self._scratch,
-                             self._ptrs, res_mv)
+                             self._ptrs, self._hdr_width, self._hdr_little, self._suffix_buf,
+                             len(self._suffix), res_mv)
             res = ffi.unpack(res_mv, 2 * g)
             now = self.now
             sent = 0
@@ -648,7 +648,7 @@ class EventLoop:
                     self._want_write(conn)
             self.sent_bytes += sent
         self._keep.clear()
-        self._scratch_pos = SCRATCH_RESERVED
+        self._scratch_pos = 0
 
     def _want_write(self, conn: Connection) -> None:
         """Output is waiting in the ring: arm write interest; past the high-water mark, stop reading."""
@@ -698,7 +698,8 @@ class EventLoop:
         parts = conn._parts
         if parts:
             for i in range(0, len(parts), 3):
-                n += parts[i + 2]
+                kind, size = parts[i], parts[i + 2]
+                n += size + (self._hdr_width + len(self._suffix) if kind == O_FRAME else 0)
         return n
 
     def _shutdown_write(self, conn: Connection) -> None:
