@@ -577,10 +577,10 @@ class EventLoop:
         if kind == O_PTR:
             return self._keep[a][1]
         if kind == O_FRAME:
-            order = "little" if self._hdr_little else "big"
-            head = b.to_bytes(self._hdr_width, order) if self._hdr_width else b""
+            width = self._hdr_width
+            head = b.to_bytes(width, "little" if self._hdr_little else "big") if width else b""
             return b"".join((head, self._arena_mv[a:a + b], self._suffix))
-        return a.to_bytes(b, "big" if kind == O_UINT_BE else "little")
+        return a.to_bytes(b, "little" if kind == O_UINT_LE else "big")
 
     def _spill(self, conn: Connection, parts: list, skip: int) -> None:
         """Copy what the kernel did not take (all but the first `skip` bytes) into the output ring."""
