@@ -257,11 +257,11 @@ class EventLoop:
         self._wake()
 
     def _post_send(self, conn: Connection, data: Any, packet: bool) -> None:
-        if type(data) is not bytes and data is not None and not isinstance(data, str):
+        if type(data) is not bytes and not isinstance(data, str):
             try:
-                data = bytes(data)      # the caller may reuse its buffer once send() returns
+                data = bytes(memoryview(data))  # the caller may reuse its buffer once send() returns
             except TypeError:
-                pass                    # a message object for the protocol's packet()
+                pass                            # a message object for the protocol's packet()
         self._inbox.append((self._send_posted, (conn, data, packet)))
         self._wake()
 
@@ -598,8 +598,8 @@ class EventLoop:
 
     def _flush(self) -> None:
         """Write every dirty connection's queued output: one native call, one sendmsg each."""
-        dirty = self._dirty
-        self._dirty = []
+        dirty = self._dirty[:]
+        self._dirty.clear()           # in place: the dispatch loop holds its bound append
         spec: list[int] = []
         groups = []
         for conn in dirty:
