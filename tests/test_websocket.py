@@ -49,7 +49,8 @@ def no_errors(caplog):
     """Fail the test if the reactor logs anything at ERROR (a bug, not bad input)."""
     caplog.set_level(logging.WARNING, logger="reactor")
     yield caplog
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("reactor")]
+    errors = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.ERROR and r.name.startswith("reactor")]
     assert not errors
 
 

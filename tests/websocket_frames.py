@@ -13,7 +13,8 @@ KEY = base64.b64encode(b"0123456789abcdef").decode()
 ACCEPT = "BACScCJPNqyz+UBoqMH89VmURoA="     # base64(SHA-1(KEY + RFC 6455 GUID))
 
 
-def upgrade_request(path: str = "/", headers: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> bytes:
+def upgrade_request(path: str = "/", headers: dict[str, str] | None = None,
+                    drop: tuple[str, ...] = ()) -> bytes:
     """A client upgrade request; `headers` add or replace, `drop` removes (by name)."""
     fields = {"Host": "localhost", "Upgrade": "websocket", "Connection": "Upgrade",
               "Sec-WebSocket-Key": KEY, "Sec-WebSocket-Version": "13"}
