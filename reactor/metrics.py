@@ -104,7 +104,9 @@ class StatsCollector(Collector):
         for reason, count in counts.items():
             closed.add_metric([reason], count)
         yield closed
-        yield CounterMetricFamily("pygev_received_bytes", "Bytes read from sockets.", value=s["received_bytes"])
+        yield CounterMetricFamily(
+            "pygev_received_bytes", "Bytes read from sockets.", value=s["received_bytes"]
+        )
         yield CounterMetricFamily("pygev_sent_bytes", "Bytes written to sockets.", value=s["sent_bytes"])
         yield CounterMetricFamily(
             "pygev_backpressure_pauses",
@@ -207,7 +209,7 @@ class MetricsExporter:
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("_MetricsServer", (_ThreadingWSGIServer,), {"address_family": family})
-        httpd = make_server(host, port, app, server_class, _QuietHandler)
+        httpd: _ThreadingWSGIServer = make_server(host, port, app, server_class, _QuietHandler)
         self._httpd = httpd
         self._thread = threading.Thread(
             target=httpd.serve_forever, kwargs={"poll_interval": 0.5}, name="reactor-metrics", daemon=True

@@ -25,6 +25,7 @@ import ctypes
 import errno
 import json
 import logging
+import math
 import mmap
 import os
 import selectors
@@ -45,8 +46,8 @@ log = logging.getLogger("reactor.workers")
 PUBLISH_INTERVAL = 0.25
 #: Seconds a worker gets, beyond the stop timeout, to exit after SIGTERM before SIGKILL.
 STOP_GRACE = 5.0
-#: Stop timeout used when none is given: a worker still flushing after this is killed.
-DEFAULT_STOP_TIMEOUT = 10.0
+#: With stop(None) a worker still flushing after this many seconds (+ STOP_GRACE) is killed.
+UNBOUNDED_STOP_LIMIT = 30.0
 _MAX_RESTART_DELAY = 5.0
 _PR_SET_PDEATHSIG = 1
 
@@ -66,10 +67,35 @@ class _Worker:
 
 
 def run_workers(server: Any) -> None:
-    """Serve `server` from `server.workers` forked processes; returns when all have stopped."""
+    """Serve `server` from `server.workers` forked processes; returns when all have stopped.
+
+    Called by `Server.start()`.  The parent takes the roles `_serve()` has in one process: it
+    marks the server serving, signals `_ready` once the workers are forked, starts the metrics
+    exporter (workers never do), and runs the server's `_cleanup()` at the end, so `stop()` and
+    the `with` block behave as with one process.
+    """
     pool = WorkerPool(server, int(server.workers))
     server._worker_pool = pool
-    pool.run()
+    server._stop_hooks.append(pool.stop)
+    with server._lock:
+        if server._stop_requested:
+            server._ready.set()
+            server._done.set()
+            return
+        server._serving = True
+    try:
+        pool.run(on_ready=lambda: _start_metrics(server))
+    finally:
+        server._cleanup()
+
+
+def _start_metrics(server: Any) -> None:
+    if server._metrics_address is not None and server._exporter is None:
+        from .metrics import MetricsExporter
+
+        server._exporter = MetricsExporter(server)
+        server._exporter.start(server._metrics_address, server.metrics_path)
+    server._ready.set()
 
 
 class WorkerPool:
@@ -90,6 +116,7 @@ class WorkerPool:
         # Shared with the children (anonymous MAP_SHARED survives fork): the stop timeout,
         # written before SIGTERM so a worker's graceful stop uses the parent's deadline.
         self._shared = mmap.mmap(-1, 8)
+        self._shared[:8] = struct.pack("d", math.nan)  # a SIGTERM from elsewhere: stop(None)
         self._sel = selectors.DefaultSelector()
         self._reservation: socket.socket | None = None
         self._lock = threading.Lock()
@@ -126,7 +153,7 @@ class WorkerPool:
             pass
 
     # ---- supervision (the thread that called run) -----------------------------------------
-    def run(self) -> None:
+    def run(self, on_ready: Any = None) -> None:
         """Bind, fork the workers, supervise them until stop(), then stop and reap them all."""
         previous = self._install_signal_handlers()
         try:
@@ -135,6 +162,8 @@ class WorkerPool:
             for worker in self._workers:
                 self._spawn(worker)
             log.info("%d workers serving %s", self.count, self.server.address)
+            if on_ready is not None:
+                on_ready()
             while not self._stopping:
                 self._turn(self._next_timeout())
                 self._refill_due_slots()
@@ -145,10 +174,11 @@ class WorkerPool:
 
     def _bind(self) -> None:
         server = self.server
-        server._reuse_port = True
+        unix = server.network == "unix"
+        server._reuse_port = not unix  # SO_REUSEPORT on AF_UNIX fails with EOPNOTSUPP
         address = server._bind()
-        if isinstance(address, str):
-            return  # unix socket: keep the listener; children inherit it
+        if unix:
+            return  # keep the listener: the workers inherit it
         # TCP: reserve the port with a bound, non-listening SO_REUSEPORT socket (gets no
         # connections), then drop our listener so only the workers accept.
         family = socket.AF_INET6 if len(address) == 4 else socket.AF_INET
@@ -160,6 +190,7 @@ class WorkerPool:
         sock.bind(address)
         self._reservation = sock
         server._close_listeners()
+        server._sockaddr = address  # workers bind the real port, not port 0 again
 
     def _next_timeout(self) -> float | None:
         due = [w.restart_at for w in self._workers if w.restart_at is not None]
@@ -170,16 +201,15 @@ class WorkerPool:
 
     def _turn(self, timeout: float | None) -> None:
         for key, _ in self._sel.select(timeout):
-            kind, worker = key.data if key.data else ("wake", None)
-            if kind == "wake":
-                try:
+            if key.data is None:  # the wake-up pipe
+                with contextlib.suppress(BlockingIOError):
                     while os.read(self._wake_r, 512):
                         pass
-                except BlockingIOError:
-                    pass
-            elif kind == "stats":
+                continue
+            kind, worker = key.data
+            if kind == "stats":
                 self._read_stats(worker)
-            elif kind == "exit":
+            else:
                 self._reap(worker, block=False)
         if not hasattr(os, "pidfd_open"):
             for worker in self._workers:
@@ -301,25 +331,29 @@ class WorkerPool:
         worker.pid = 0
 
     def _stop_all(self) -> None:
-        timeout = DEFAULT_STOP_TIMEOUT if self._stop_timeout is None else max(0.0, self._stop_timeout)
-        self._shared[:8] = struct.pack("d", timeout)
+        timeout = self._stop_timeout
+        # NaN tells a worker "no timeout" (stop(None): flush while the peer makes progress).
+        self._shared[:8] = struct.pack("d", math.nan if timeout is None else max(0.0, timeout))
         for worker in self._workers:
             worker.restart_at = None
             if worker.pid:
                 _kill_quietly(worker.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout + STOP_GRACE
+        limit = UNBOUNDED_STOP_LIMIT if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + limit + STOP_GRACE
         while any(w.pid for w in self._workers):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 for worker in self._workers:
                     if worker.pid:
-                        log.warning("worker %d (pid %d) did not stop in time; killing", worker.slot, worker.pid)
+                        log.warning("worker %d (pid %d) did not stop in time; killing",
+                                    worker.slot, worker.pid)
                         _kill_quietly(worker.pid, signal.SIGKILL)
                         self._reap(worker, block=True)
                 break
             self._turn(min(remaining, 0.2) if not hasattr(os, "pidfd_open") else remaining)
 
     def _cleanup(self) -> None:
+        self._stopping = True
         for worker in self._workers:  # only non-empty if run() failed half-way
             if worker.pid:
                 _kill_quietly(worker.pid, signal.SIGKILL)
@@ -327,7 +361,6 @@ class WorkerPool:
         if self._reservation is not None:
             self._reservation.close()
             self._reservation = None
-        self.server._close_listeners()
         self._sel.close()
         _close_quietly([self._wake_r, self._wake_w])
         self._wake_r = self._wake_w = -1
@@ -335,10 +368,16 @@ class WorkerPool:
     def _install_signal_handlers(self) -> dict[int, Any] | None:
         if threading.current_thread() is not threading.main_thread():
             return None
-        previous = {}
+        previous: dict[int, Any] = {}
         for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, lambda *_: self.stop())
+            previous[signum] = signal.signal(signum, self._on_signal)
         return previous
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Not server.stop(): it would wait, on this very thread, for the supervision to end.
+        log.info("%s: stopping the workers", signal.Signals(signum).name)
+        self.server._stop_requested = True
+        self.stop()
 
     @staticmethod
     def _restore_signal_handlers(previous: dict[int, Any] | None) -> None:
@@ -358,9 +397,20 @@ class _WorkerChild:
 
     def run(self) -> None:
         server = self.server
+        # Forget what belongs to the parent; fresh locks (another parent thread may have held
+        # one at fork time).
         server.workers = 1
         server._worker_pool = None
-        server._reuse_port = True
+        server._stop_hooks = []
+        server._metrics_address = None  # the parent serves metrics for all workers
+        server._exporter = None
+        server._unlink_path = None  # a shared unix socket path is the parent's to remove
+        server._bg = None
+        server._reuse_port = server.network != "unix"
+        server._lock = threading.Lock()
+        server._count_lock = threading.Lock()
+        server._ready = threading.Event()
+        server._done = threading.Event()
         server.worker_index = self.slot
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -379,7 +429,9 @@ class _WorkerChild:
             os.close(self.stats_fd)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
-        timeout = struct.unpack("d", self.shared[:8])[0]
+        timeout: float | None = struct.unpack("d", self.shared[:8])[0]
+        if timeout is not None and math.isnan(timeout):
+            timeout = None
         # stop() from a helper thread: safe whether or not this thread runs a loop.
         threading.Thread(target=self.server.stop, args=(timeout,), name="reactor-stop", daemon=True).start()
 
