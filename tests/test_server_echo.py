@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from support import TIMEOUT, EchoRecorder, Recorder, connect, echo_exchange, recv_exactly, serve, wait_until
 
-from reactor import Connection
+from reactor import Connection, Protocol
 
 
 @pytest.mark.parametrize("size", [1, 1000, 65536 + 7, 1 << 20, 8 << 20])
@@ -214,3 +214,50 @@ def test_ipv6_loopback_address_is_a_four_tuple() -> None:
             assert conn.peer_addr == sock.getsockname()
             sock.sendall(b"six")
             assert recv_exactly(sock, 3) == b"six"
+
+
+def test_unix_socket_address_is_the_path(tmp_path: Any) -> None:
+    path = str(tmp_path / "pygev.sock")
+    handler = EchoRecorder()
+    with serve(handler, address=path, network="unix") as srv:
+        assert srv.address == path
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(TIMEOUT)
+            sock.connect(path)
+            conn = handler.wait_connected(1)[0]
+            assert conn.local_addr == path
+            sock.sendall(b"unix")
+            assert recv_exactly(sock, 4) == b"unix"
+
+
+def test_context_and_pending_read() -> None:
+    """conn.context is the user's slot; pending_read counts bytes a protocol left unconsumed."""
+
+    class NeedsTen(Protocol):
+        def unpacket(self, conn: Connection, buffer: Any) -> Any:
+            if len(buffer) < 10:
+                return None
+            return None, buffer.read(10)
+
+    class Counting(Recorder):
+        def on_connect(self, conn: Connection) -> None:
+            conn.context = {"messages": 0}
+            super().on_connect(conn)
+
+        def on_message(self, conn: Connection, ctx: Any, data: Any) -> Any:
+            conn.context["messages"] += 1
+            return b"%d:" % conn.context["messages"] + bytes(data)
+
+    handler = Counting()
+    with serve(handler, protocol=NeedsTen()) as srv:
+        sock = connect(srv.address)
+        with sock:
+            conn = handler.wait_connected(1)[0]
+            assert conn.pending_read == 0
+            sock.sendall(b"12345")
+            wait_until(lambda: conn.pending_read == 5, what="5 buffered bytes")
+            sock.sendall(b"67890abc")
+            assert recv_exactly(sock, 12) == b"1:1234567890"
+            wait_until(lambda: conn.pending_read == 3, what="3 buffered bytes")
+            assert conn.context == {"messages": 1}
+            assert conn.pending_write == 0

@@ -188,3 +188,49 @@ def test_stop_timeout_bounds_the_flush() -> None:
     sock.close()
     assert handler.close_count(conn) == 1
     assert open_fds() == fds_before
+
+
+def test_start_blocks_until_stop_from_another_thread() -> None:
+    srv = serve(EchoRecorder())
+    runner = threading.Thread(target=srv.start)
+    runner.start()
+    try:
+        wait_until(lambda: srv.address is not None, what="the server to bind")
+        sock = connect(srv.address)
+        with sock:
+            sock.sendall(b"blocking start")
+            assert recv_exactly(sock, 14) == b"blocking start"
+        assert runner.is_alive()
+    finally:
+        srv.stop()
+        runner.join(TIMEOUT)
+    assert not runner.is_alive(), "start() did not return after stop()"
+
+
+def test_stop_from_inside_a_handler() -> None:
+    class Quit(Recorder):
+        server: Any = None
+
+        def on_message(self, conn: Connection, ctx: Any, data: Any) -> Any:
+            if bytes(data) == b"quit":
+                self.server.stop()
+                return b"bye"
+            return data
+
+    handler = Quit()
+    srv = serve(handler)
+    handler.server = srv
+    runner = threading.Thread(target=srv.start)
+    runner.start()
+    try:
+        wait_until(lambda: srv.address is not None, what="the server to bind")
+        sock = connect(srv.address)
+        with sock:
+            sock.sendall(b"quit")
+            assert recv_to_eof(sock) == b"bye"
+        runner.join(TIMEOUT)
+        assert not runner.is_alive(), "start() did not return after stop() from a handler"
+    finally:
+        srv.stop()
+        runner.join(TIMEOUT)
+    assert handler.closes[id(handler.connected[0])] == [None]
