@@ -27,7 +27,7 @@ from wsproto.connection import Connection as WsConnection
 from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.events import Request as WsRequest
-from wsproto.extensions import PerMessageDeflate
+from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
@@ -179,10 +179,11 @@ def _unmask_int(payload: memoryview, mask: memoryview) -> bytes:
     return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
 
 
+_unmask: Callable[[Any, Any], bytes] = _unmask_int
 try:    # the `websockets` package ships a C unmasking routine, ~4x faster; same bytes out
     from websockets.speedups import apply_mask as _unmask
 except ImportError:  # pragma: no cover - depends on what is installed
-    _unmask = _unmask_int
+    pass
 
 
 def _parse_head(head: bytes) -> HttpRequest | None:
@@ -249,7 +250,8 @@ class WebSocketProtocol(Protocol):
             if st.messages:
                 return None, st.messages.popleft()
             if st.closing is not None:
-                return self._finish(conn, st, buffer)
+                self._finish(conn, st, buffer)
+                return None
             size = len(buffer)
             if size < 2:
                 return None
@@ -362,7 +364,7 @@ class WebSocketProtocol(Protocol):
                     st.partial_size = 0
                     st.partial_text = isinstance(event, TextMessage)
                 st.partial.append(data)
-                st.partial_size += len(data.encode("utf-8")) if st.partial_text else len(data)
+                st.partial_size += len(data.encode("utf-8")) if isinstance(data, str) else len(data)
                 if st.partial_size > self.max_message_size:
                     st.closing = (CLOSE_TOO_BIG, f"message of over {self.max_message_size} bytes", True)
                     return
@@ -436,12 +438,11 @@ class WebSocketProtocol(Protocol):
         if self.on_request is not None:
             verdict = self.on_request(conn, request)
             if verdict is not None:
-                answer = HttpResponse(verdict) if isinstance(verdict, int) else verdict
-                self._respond(conn, st, buffer, answer)
+                self._respond(conn, st, buffer, verdict)
                 conn.close()
                 return False
         chosen = next((p for p in request.subprotocols if p in self.subprotocols), None)
-        extensions = [PerMessageDeflate()] if self.compression else []
+        extensions: list[Extension] = [PerMessageDeflate()] if self.compression else []
         response = handshake.send(AcceptConnection(subprotocol=chosen, extensions=extensions))
         buffer.retrieve(end + 4)
         st.phase = _OPEN
@@ -455,7 +456,10 @@ class WebSocketProtocol(Protocol):
         return True
 
     def _respond(self, conn: Connection, st: WebSocketState, buffer: BufferReader,
-                 response: HttpResponse) -> None:
+                 response: HttpResponse | int) -> None:
+        """Send a plain HTTP response (an int is a bare status) and stop reading the stream."""
+        if isinstance(response, int):
+            response = HttpResponse(response)
         st.phase = _CLOSED
         buffer.retrieve_all()
         conn.send_raw(response.to_bytes())
