@@ -212,7 +212,7 @@ class MetricsExporter:
         httpd: _ThreadingWSGIServer = make_server(host, port, app, server_class, _QuietHandler)
         self._httpd = httpd
         self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.5}, name="reactor-metrics", daemon=True
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="reactor-metrics", daemon=True
         )
         self._thread.start()
         _live_exporters.add(self)
