@@ -411,7 +411,6 @@ class _WorkerChild:
         server._count_lock = threading.Lock()
         server._ready = threading.Event()
         server._done = threading.Event()
-        server.worker_index = self.slot
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         parent = os.getppid()
