@@ -10,7 +10,16 @@ import struct
 from typing import Any
 
 import pytest
-from support import EchoRecorder, Recorder, closed_by_peer, connect, recv_exactly, recv_to_eof, serve
+from support import (
+    EchoRecorder,
+    Recorder,
+    closed_by_peer,
+    connect,
+    recv_exactly,
+    recv_to_eof,
+    serve,
+    wait_until,
+)
 
 from reactor import Connection, ConnectionClosed
 
@@ -37,6 +46,39 @@ def test_peer_reset_closes_with_oserror() -> None:
         sock.close()                                   # linger 0: RST instead of FIN
         error = handler.wait_closed(conn)
         assert isinstance(error, OSError), repr(error)
+    assert handler.close_count(conn) == 1
+
+
+def test_peer_half_close_still_gets_its_reply() -> None:
+    # Like `printf request | nc host port`: the request, then FIN; the reply must still
+    # arrive before the server closes (asyncio behaves the same way).
+    handler = EchoRecorder()
+    with serve(handler) as srv:
+        sock = connect(srv.address)
+        with sock:
+            sock.sendall(b"request")
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_to_eof(sock) == b"request"
+            conn = handler.wait_connected(1)[0]
+            assert handler.wait_closed(conn) is None
+    assert handler.close_count(conn) == 1
+
+
+def test_reset_with_queued_output_closes_with_oserror() -> None:
+    class Flood(Recorder):
+        def on_message(self, conn: Connection, ctx: Any, data: Any) -> Any:
+            return b"f" * (16 << 20)
+
+    handler = Flood()
+    with serve(handler) as srv:
+        sock = connect(srv.address, rcvbuf=65536)
+        conn = handler.wait_connected(1)[0]
+        sock.sendall(b"go")
+        wait_until(lambda: conn.pending_write > 0, what="output to queue up")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        assert isinstance(handler.wait_closed(conn), OSError)
+        assert conn.pending_write == 0
     assert handler.close_count(conn) == 1
 
 

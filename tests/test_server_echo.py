@@ -199,6 +199,61 @@ def test_addresses_and_memoryview_data() -> None:
         assert kinds and all(k is memoryview for k in kinds)
 
 
+def test_addresses_stay_readable_in_on_close_and_after() -> None:
+    """Logging who disconnected is the commonest use of peer_addr; like asyncio's cached
+    'peername' (and gev's PeerAddr), the addresses must outlive the socket."""
+    seen: list[tuple[Any, Any]] = []
+
+    class LogsPeer(EchoRecorder):
+        def on_close(self, conn: Connection, error: BaseException | None) -> None:
+            seen.append((conn.peer_addr, conn.local_addr))
+            super().on_close(conn, error)
+
+    handler = LogsPeer()
+    with serve(handler) as srv:
+        sock = connect(srv.address)
+        client_addr = sock.getsockname()
+        conn = handler.wait_connected(1)[0]        # addresses not read while open
+        sock.close()
+        handler.wait_closed(conn)
+        assert seen == [(client_addr, srv.address)]
+        assert (conn.peer_addr, conn.local_addr) == (client_addr, srv.address)
+
+
+def test_reply_types() -> None:
+    """on_message may return any bytes-like object, a slice of `data`, b"" or None."""
+    requests: list[bytes] = []
+
+    class Replies(Recorder):
+        def on_message(self, conn: Connection, ctx: Any, data: Any) -> Any:
+            request = bytes(data)
+            requests.append(request)
+            if request == b"bytearray":
+                return bytearray(b"<bytearray>")
+            if request == b"slice":
+                return data[1:3]
+            if request == b"memoryview":
+                return memoryview(b"<memoryview>")
+            if request == b"empty":
+                conn.send(b"")
+                return b""
+            if request == b"none":
+                return None
+            return data
+
+    with serve(Replies()) as srv:
+        sock = connect(srv.address)
+        with sock:
+            for request, reply in [(b"bytearray", b"<bytearray>"), (b"slice", b"li"), (b"empty", b""),
+                                   (b"none", b""), (b"memoryview", b"<memoryview>"), (b"end", b"end")]:
+                sock.sendall(request)
+                if reply:
+                    assert recv_exactly(sock, len(reply)) == reply
+                else:       # nothing comes back: wait until it was handled on its own
+                    wait_until(lambda r=request: requests[-1:] == [r], what=f"{request!r} handled")
+        assert requests[-1] == b"end"
+
+
 def test_ipv6_loopback_address_is_a_four_tuple() -> None:
     try:
         with socket.socket(socket.AF_INET6) as probe:

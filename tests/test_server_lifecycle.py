@@ -110,6 +110,21 @@ def test_max_connections_closes_the_extra_one_at_once() -> None:
     assert all(handler.close_count(c) == 1 for c in handler.connected)
 
 
+def test_connection_churn_leaks_no_descriptor() -> None:
+    fds_before = open_fds()
+    handler = EchoRecorder()
+    with serve(handler, num_loops=2) as srv:
+        for i in range(300):
+            sock = connect(srv.address)
+            with sock:
+                sock.sendall(b"%d" % i)
+                assert recv_exactly(sock, len(b"%d" % i)) == b"%d" % i
+        wait_until(lambda: srv.connection_count == 0, what="every connection closed")
+        assert len(handler.connected) == 300
+    assert open_fds() == fds_before
+    assert all(handler.close_count(c) == 1 for c in handler.connected)
+
+
 def server_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t is not threading.current_thread()}
 
