@@ -1,0 +1,581 @@
+/*
+ * loadgen.c - closed-loop TCP load generator for pygev's benchmark harness.
+ *
+ * One thread, epoll.  Every connection keeps `pipeline` messages in flight: each reply that comes
+ * back completely sends one new message.  Every echoed byte is compared with what was sent.
+ *
+ * Modes:
+ *   raw     the message is `size` payload bytes; the server returns the byte stream unchanged.
+ *   framed  the message is a 4-byte big-endian length + `size` payload bytes; a framed echo server
+ *           returns the same bytes.
+ *   ws      RFC 6455: an HTTP Upgrade handshake on every connection, then masked binary frames of
+ *           `size` bytes; the server must answer each with one unmasked, unfragmented binary frame
+ *           holding the same payload (minimal length encoding, as every server does for one frame).
+ *
+ * Phases: connect everything (and handshake), warm up for --warmup seconds, measure for --duration
+ * seconds.  The server's CPU time (utime+stime from /proc/<pid>/stat) is read at both ends of the
+ * measurement window, so CPU per message can be compared even when this client is the bottleneck.
+ *
+ * Output: one JSON object on stdout (also on failure, with "error" set; exit status 1 then).
+ * Build: cc -O2 -o loadgen loadgen.c   (bench/loadgen.py does this on demand).
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+enum mode { MODE_RAW, MODE_FRAMED, MODE_WS };
+enum state { ST_CONNECTING, ST_HANDSHAKE, ST_READY, ST_RUNNING };
+
+/* RFC 6455 section 1.3 sample nonce and its accept value: a fixed, known-good test vector. */
+static const char WS_KEY[] = "dGhlIHNhbXBsZSBub25jZQ==";
+static const char WS_ACCEPT[] = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+typedef struct conn {
+    int fd;
+    int id;
+    int state;
+    uint64_t sent;          /* messages queued for sending */
+    uint64_t done;          /* replies received completely and verified */
+    uint64_t done_at_start; /* `done` when the measurement window opened */
+    size_t recv_off;        /* bytes of the current reply received so far */
+    unsigned char *wbuf;    /* unsent output: at most `pipeline` messages */
+    size_t wlen, woff;
+    int want_out;           /* EPOLLOUT armed */
+    uint64_t *ts;           /* send time (ns) of every in-flight message, ring of `pipeline` */
+    char hs[1024];          /* WebSocket handshake response */
+    size_t hslen;
+} conn_t;
+
+/* settings */
+static const char *g_host = "127.0.0.1";
+static int g_port = 0, g_conns = 50, g_size = 64, g_pipeline = 1, g_pid = 0;
+static double g_duration = 3.0, g_warmup = 1.0, g_connect_timeout = 10.0;
+static int g_mode = MODE_RAW;
+
+/* derived */
+static size_t g_hdr_out, g_hdr_in, g_msg_out, g_msg_in;
+static unsigned char g_hdr_out_bytes[16], g_hdr_in_bytes[16];
+static unsigned char *g_pattern; /* size + 256 bytes; message payloads are windows into it */
+static const unsigned char WS_MASK[4] = {0x5a, 0xc3, 0x91, 0x2e};
+
+static conn_t *g_c;
+static int g_ep;
+static int g_measuring;
+
+/* latency histogram: log-linear, 32 sub-buckets per power of two (~3% resolution), in ns */
+#define NBUCKETS 2048
+static uint64_t g_hist[NBUCKETS];
+static uint64_t g_hist_n, g_lat_max;
+static double g_lat_sum;
+
+static char g_error[512];
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static void fail(const char *fmt, ...) {
+    if (g_error[0]) return; /* keep the first error */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_error, sizeof g_error, fmt, ap);
+    va_end(ap);
+}
+
+static int bucket_of(uint64_t v) {
+    if (v < 64) return (int)v;
+    int msb = 63 - __builtin_clzll(v);
+    int idx = (msb - 4) * 32 + (int)((v >> (msb - 5)) & 31);
+    return idx < NBUCKETS ? idx : NBUCKETS - 1;
+}
+
+static double bucket_mid(int idx) {
+    if (idx < 64) return idx;
+    int msb = idx / 32 + 4, sub = idx % 32;
+    double lo = (double)((uint64_t)(32 + sub) << (msb - 5));
+    return lo + (double)((uint64_t)1 << (msb - 5)) / 2.0;
+}
+
+static void record_latency(uint64_t ns) {
+    g_hist[bucket_of(ns)]++;
+    g_hist_n++;
+    g_lat_sum += (double)ns;
+    if (ns > g_lat_max) g_lat_max = ns;
+}
+
+static double percentile_us(double p) {
+    if (!g_hist_n) return 0.0;
+    uint64_t target = (uint64_t)(p * (double)g_hist_n + 0.999999), seen = 0;
+    if (target < 1) target = 1;
+    for (int i = 0; i < NBUCKETS; i++) {
+        seen += g_hist[i];
+        if (seen >= target) return bucket_mid(i) / 1000.0;
+    }
+    return (double)g_lat_max / 1000.0;
+}
+
+/* utime + stime of a process, in seconds; -1 when unreadable */
+static double proc_cpu_s(int pid) {
+    if (pid <= 0) return -1.0;
+    char path[64], buf[2048];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1.0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1.0;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    if (!p) return -1.0;
+    unsigned long long utime = 0, stime = 0;
+    /* after ")": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(14) stime(15) */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+        return -1.0;
+    return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu_s(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+/* Payload of message `seq` on connection `c`: a window into the pattern that shifts with every
+ * message, so a lost, duplicated or reordered message cannot pass verification. */
+static const unsigned char *payload_of(const conn_t *c, uint64_t seq) {
+    return g_pattern + (size_t)((seq * 7u + (uint64_t)c->id * 13u) % 256u);
+}
+
+static size_t ws_header(unsigned char *h, size_t len, int masked) {
+    size_t n = 0;
+    h[n++] = 0x82; /* FIN + binary */
+    unsigned char m = masked ? 0x80 : 0;
+    if (len < 126) {
+        h[n++] = m | (unsigned char)len;
+    } else if (len < 65536) {
+        h[n++] = m | 126;
+        h[n++] = (unsigned char)(len >> 8);
+        h[n++] = (unsigned char)len;
+    } else {
+        h[n++] = m | 127;
+        for (int i = 7; i >= 0; i--) h[n++] = (unsigned char)((uint64_t)len >> (8 * i));
+    }
+    if (masked) {
+        memcpy(h + n, WS_MASK, 4);
+        n += 4;
+    }
+    return n;
+}
+
+static void set_events(conn_t *c, int out) {
+    if (c->want_out == out) return;
+    struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0), .data.ptr = c};
+    epoll_ctl(g_ep, EPOLL_CTL_MOD, c->fd, &ev);
+    c->want_out = out;
+}
+
+/* Write as much queued output as the socket takes; arm EPOLLOUT for the rest. */
+static int flush_out(conn_t *c) {
+    while (c->woff < c->wlen) {
+        ssize_t n = write(c->fd, c->wbuf + c->woff, c->wlen - c->woff);
+        if (n > 0) {
+            c->woff += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && errno == EAGAIN) {
+            set_events(c, 1);
+            return 0;
+        } else {
+            fail("connection %d: write failed after %llu replies: %s", c->id,
+                 (unsigned long long)c->done, strerror(errno));
+            return -1;
+        }
+    }
+    c->wlen = c->woff = 0;
+    set_events(c, 0);
+    return 0;
+}
+
+/* Queue `count` new messages and try to send them in one write. */
+static int send_msgs(conn_t *c, int count, uint64_t now) {
+    if (c->woff) { /* compact what is left of an earlier partial write */
+        memmove(c->wbuf, c->wbuf + c->woff, c->wlen - c->woff);
+        c->wlen -= c->woff;
+        c->woff = 0;
+    }
+    for (int k = 0; k < count; k++) {
+        unsigned char *dst = c->wbuf + c->wlen;
+        const unsigned char *src = payload_of(c, c->sent);
+        memcpy(dst, g_hdr_out_bytes, g_hdr_out);
+        dst += g_hdr_out;
+        if (g_mode == MODE_WS) {
+            for (int i = 0; i < g_size; i++) dst[i] = src[i] ^ WS_MASK[i & 3];
+        } else {
+            memcpy(dst, src, (size_t)g_size);
+        }
+        c->wlen += g_msg_out;
+        c->ts[c->sent % (uint64_t)g_pipeline] = now;
+        c->sent++;
+    }
+    return flush_out(c);
+}
+
+/* Check received bytes against the expected replies; count and time every complete one. */
+static int consume(conn_t *c, const unsigned char *p, size_t n, uint64_t now) {
+    int completed = 0;
+    while (n) {
+        if (c->done >= c->sent) {
+            fail("connection %d: %zu unexpected bytes after reply %llu", c->id, n,
+                 (unsigned long long)c->done);
+            return -1;
+        }
+        size_t take = g_msg_in - c->recv_off;
+        if (take > n) take = n;
+        size_t off = c->recv_off, i = 0;
+        while (i < take) { /* header part, then payload part */
+            const unsigned char *want;
+            size_t len;
+            if (off + i < g_hdr_in) {
+                want = g_hdr_in_bytes + off + i;
+                len = g_hdr_in - (off + i);
+            } else {
+                want = payload_of(c, c->done) + (off + i - g_hdr_in);
+                len = g_msg_in - (off + i);
+            }
+            if (len > take - i) len = take - i;
+            if (memcmp(p + i, want, len) != 0) {
+                size_t j = 0;
+                while (p[i + j] == want[j]) j++;
+                fail("connection %d: reply %llu byte %zu is 0x%02x, expected 0x%02x", c->id,
+                     (unsigned long long)c->done, off + i + j, p[i + j], want[j]);
+                return -1;
+            }
+            i += len;
+        }
+        c->recv_off += take;
+        p += take;
+        n -= take;
+        if (c->recv_off == g_msg_in) {
+            c->recv_off = 0;
+            if (g_measuring) record_latency(now - c->ts[c->done % (uint64_t)g_pipeline]);
+            c->done++;
+            completed++;
+        }
+    }
+    return completed;
+}
+
+static int start_handshake(conn_t *c) {
+    char req[512];
+    int n = snprintf(req, sizeof req,
+                     "GET / HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                     g_host, g_port, WS_KEY);
+    memcpy(c->wbuf, req, (size_t)n);
+    c->wlen = (size_t)n;
+    c->woff = 0;
+    c->state = ST_HANDSHAKE;
+    return flush_out(c);
+}
+
+/* Read the 101 response; it must accept our key and carry nothing after the header. */
+static int read_handshake(conn_t *c) {
+    ssize_t n = read(c->fd, c->hs + c->hslen, sizeof c->hs - 1 - c->hslen);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
+    if (n <= 0) {
+        fail("connection %d: closed during the WebSocket handshake", c->id);
+        return -1;
+    }
+    c->hslen += (size_t)n;
+    c->hs[c->hslen] = 0;
+    char *end = strstr(c->hs, "\r\n\r\n");
+    if (!end) {
+        if (c->hslen >= sizeof c->hs - 1) {
+            fail("connection %d: handshake response too long", c->id);
+            return -1;
+        }
+        return 0;
+    }
+    if (strncmp(c->hs, "HTTP/1.1 101", 12) != 0 || !strcasestr(c->hs, WS_ACCEPT)) {
+        fail("connection %d: bad handshake response: %.80s", c->id, c->hs);
+        return -1;
+    }
+    if ((size_t)(end + 4 - c->hs) != c->hslen) {
+        fail("connection %d: data after the handshake response", c->id);
+        return -1;
+    }
+    c->state = ST_READY;
+    return 1;
+}
+
+static int handle_read(conn_t *c, unsigned char *buf, size_t cap) {
+    for (;;) {
+        ssize_t n = read(c->fd, buf, cap);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) return 0;
+        if (n <= 0) {
+            fail("connection %d: %s after %llu replies", c->id, n == 0 ? "closed by the server" : strerror(errno),
+                 (unsigned long long)c->done);
+            return -1;
+        }
+        uint64_t now = now_ns();
+        int completed = consume(c, buf, (size_t)n, now);
+        if (completed < 0) return -1;
+        if (completed && send_msgs(c, completed, now) < 0) return -1;
+        if ((size_t)n < cap) return 0;
+    }
+}
+
+static int open_conn(conn_t *c, const struct sockaddr_in *sa) {
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        fail("socket: %s", strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(c->fd, (const struct sockaddr *)sa, sizeof *sa) < 0 && errno != EINPROGRESS) {
+        fail("connect: %s", strerror(errno));
+        return -1;
+    }
+    c->state = ST_CONNECTING;
+    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
+    epoll_ctl(g_ep, EPOLL_CTL_ADD, c->fd, &ev);
+    c->want_out = 1;
+    return 0;
+}
+
+static int on_connected(conn_t *c) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err) {
+        fail("connection %d: connect failed: %s", c->id, strerror(err));
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    epoll_ctl(g_ep, EPOLL_CTL_MOD, c->fd, &ev);
+    c->want_out = 0;
+    c->state = ST_READY;
+    if (g_mode == MODE_WS) {
+        if (start_handshake(c) < 0) return -1;
+        return 0;
+    }
+    return 1;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: loadgen --port N [--host 127.0.0.1] [--conns 50] [--size 64] [--pipeline 1]\n"
+            "               [--duration 3] [--warmup 1] [--mode raw|framed|ws] [--server-pid PID]\n"
+            "               [--connect-timeout 10]\n");
+}
+
+static void print_json(double window, uint64_t msgs, double scpu, double ccpu, uint64_t min_c, uint64_t max_c,
+                       int stalled, int connected) {
+    double rate = window > 0 ? (double)msgs / window : 0.0;
+    printf("{\"mode\": \"%s\", \"conns\": %d, \"connected\": %d, \"size\": %d, \"pipeline\": %d, "
+           "\"warmup_s\": %.3f, \"window_s\": %.6f, \"msgs\": %llu, \"msgs_per_s\": %.1f, \"mb_per_s\": %.3f, "
+           "\"lat_us\": {\"p50\": %.2f, \"p99\": %.2f, \"p999\": %.2f, \"mean\": %.2f, \"max\": %.2f}, ",
+           g_mode == MODE_RAW ? "raw" : g_mode == MODE_FRAMED ? "framed" : "ws", g_conns, connected, g_size,
+           g_pipeline, g_warmup, window, (unsigned long long)msgs, rate, rate * g_size / 1e6, percentile_us(0.50),
+           percentile_us(0.99), percentile_us(0.999), g_hist_n ? g_lat_sum / (double)g_hist_n / 1000.0 : 0.0,
+           (double)g_lat_max / 1000.0);
+    if (scpu >= 0)
+        printf("\"server_cpu_s\": %.3f, \"server_cpu_us_per_msg\": %.4f, ", scpu,
+               msgs ? scpu * 1e6 / (double)msgs : 0.0);
+    else
+        printf("\"server_cpu_s\": null, \"server_cpu_us_per_msg\": null, ");
+    printf("\"client_cpu_s\": %.3f, \"min_conn_msgs\": %llu, \"max_conn_msgs\": %llu, \"stalled_conns\": %d, ",
+           ccpu, (unsigned long long)min_c, (unsigned long long)max_c, stalled);
+    if (g_error[0]) {
+        printf("\"error\": \"");
+        for (const char *s = g_error; *s; s++) {
+            if (*s == '"' || *s == '\\') putchar('\\');
+            putchar((unsigned char)*s >= 0x20 ? *s : ' ');
+        }
+        printf("\"}\n");
+    } else {
+        printf("\"error\": null}\n");
+    }
+    fflush(stdout);
+}
+
+int main(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"host", 1, 0, 'h'},     {"port", 1, 0, 'p'},       {"conns", 1, 0, 'c'},
+        {"size", 1, 0, 's'},     {"pipeline", 1, 0, 'P'},   {"duration", 1, 0, 'd'},
+        {"warmup", 1, 0, 'w'},   {"mode", 1, 0, 'm'},       {"server-pid", 1, 0, 'i'},
+        {"connect-timeout", 1, 0, 't'}, {"help", 0, 0, '?'}, {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (o) {
+        case 'h': g_host = optarg; break;
+        case 'p': g_port = atoi(optarg); break;
+        case 'c': g_conns = atoi(optarg); break;
+        case 's': g_size = atoi(optarg); break;
+        case 'P': g_pipeline = atoi(optarg); break;
+        case 'd': g_duration = atof(optarg); break;
+        case 'w': g_warmup = atof(optarg); break;
+        case 'i': g_pid = atoi(optarg); break;
+        case 't': g_connect_timeout = atof(optarg); break;
+        case 'm':
+            if (!strcmp(optarg, "raw")) g_mode = MODE_RAW;
+            else if (!strcmp(optarg, "framed")) g_mode = MODE_FRAMED;
+            else if (!strcmp(optarg, "ws")) g_mode = MODE_WS;
+            else { usage(stderr); return 2; }
+            break;
+        default: usage(o == '?' ? stdout : stderr); return 2;
+        }
+    }
+    if (g_port <= 0 || g_conns <= 0 || g_size <= 0 || g_pipeline <= 0 || g_duration <= 0 || g_warmup < 0) {
+        usage(stderr);
+        return 2;
+    }
+
+    /* message layout */
+    if (g_mode == MODE_FRAMED) {
+        g_hdr_out = g_hdr_in = 4;
+        for (int i = 0; i < 4; i++) g_hdr_out_bytes[i] = (unsigned char)((uint32_t)g_size >> (24 - 8 * i));
+        memcpy(g_hdr_in_bytes, g_hdr_out_bytes, 4);
+    } else if (g_mode == MODE_WS) {
+        g_hdr_out = ws_header(g_hdr_out_bytes, (size_t)g_size, 1);
+        g_hdr_in = ws_header(g_hdr_in_bytes, (size_t)g_size, 0);
+    }
+    g_msg_out = g_hdr_out + (size_t)g_size;
+    g_msg_in = g_hdr_in + (size_t)g_size;
+    g_pattern = malloc((size_t)g_size + 256);
+    uint32_t x = 2463534242u; /* xorshift: fixed, non-repeating-looking bytes */
+    for (int i = 0; i < g_size + 256; i++) {
+        x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+        g_pattern[i] = (unsigned char)x;
+    }
+
+    /* enough descriptors for the connections */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)g_conns + 64) {
+        rl.rlim_cur = rl.rlim_max < (rlim_t)g_conns + 64 ? rl.rlim_max : (rlim_t)g_conns + 64;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_port)};
+    if (inet_pton(AF_INET, g_host, &sa.sin_addr) != 1) {
+        fprintf(stderr, "loadgen: bad --host %s (IPv4 address expected)\n", g_host);
+        return 2;
+    }
+
+    g_ep = epoll_create1(EPOLL_CLOEXEC);
+    g_c = calloc((size_t)g_conns, sizeof *g_c);
+    size_t wcap = (size_t)g_pipeline * g_msg_out + 1024;
+    for (int i = 0; i < g_conns; i++) {
+        g_c[i].id = i;
+        g_c[i].fd = -1;
+        g_c[i].wbuf = malloc(wcap);
+        g_c[i].ts = calloc((size_t)g_pipeline, sizeof(uint64_t));
+    }
+    size_t rcap = 256 * 1024;
+    unsigned char *rbuf = malloc(rcap);
+    struct epoll_event *evs = calloc(1024, sizeof *evs);
+
+    uint64_t t_start = now_ns(), deadline = t_start + (uint64_t)(g_connect_timeout * 1e9);
+    int ready = 0;
+    for (int i = 0; i < g_conns && !g_error[0]; i++) open_conn(&g_c[i], &sa);
+
+    /* phase 1: connect (and handshake) every connection */
+    while (!g_error[0] && ready < g_conns) {
+        uint64_t now = now_ns();
+        if (now >= deadline) {
+            fail("only %d of %d connections ready after %.1f s", ready, g_conns, g_connect_timeout);
+            break;
+        }
+        int n = epoll_wait(g_ep, evs, 1024, (int)((deadline - now) / 1000000 + 1));
+        for (int k = 0; k < n && !g_error[0]; k++) {
+            conn_t *c = evs[k].data.ptr;
+            int r = 0;
+            if (c->state == ST_CONNECTING) {
+                r = on_connected(c);
+            } else if (c->state == ST_HANDSHAKE) {
+                if (evs[k].events & EPOLLOUT) r = flush_out(c);
+                if (r >= 0 && (evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) r = read_handshake(c);
+            } else if (c->state == ST_READY && (evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
+                fail("connection %d: server sent data or closed before any request", c->id);
+            }
+            if (r > 0) ready++;
+        }
+    }
+
+    /* phase 2 + 3: warm up, then measure */
+    uint64_t t0 = now_ns(), t_warm_end = t0 + (uint64_t)(g_warmup * 1e9);
+    uint64_t t_end = t_warm_end + (uint64_t)(g_duration * 1e9), t_win0 = 0, t_win1 = 0;
+    uint64_t msgs0 = 0, msgs1 = 0;
+    double scpu0 = -1, scpu1 = -1, ccpu0 = 0, ccpu1 = 0;
+    if (!g_error[0]) {
+        for (int i = 0; i < g_conns && !g_error[0]; i++) {
+            g_c[i].state = ST_RUNNING;
+            send_msgs(&g_c[i], g_pipeline, t0);
+        }
+    }
+    while (!g_error[0]) {
+        uint64_t now = now_ns();
+        if (!g_measuring && now >= t_warm_end) {
+            g_measuring = 1;
+            scpu0 = proc_cpu_s(g_pid);
+            ccpu0 = self_cpu_s();
+            t_win0 = now_ns();
+            for (int i = 0; i < g_conns; i++) {
+                g_c[i].done_at_start = g_c[i].done;
+                msgs0 += g_c[i].done;
+            }
+        }
+        if (now >= t_end) break;
+        uint64_t next = g_measuring ? t_end : t_warm_end;
+        int timeout_ms = (int)((next - now) / 1000000) + 1;
+        if (timeout_ms > 100) timeout_ms = 100;
+        int n = epoll_wait(g_ep, evs, 1024, timeout_ms);
+        for (int k = 0; k < n && !g_error[0]; k++) {
+            conn_t *c = evs[k].data.ptr;
+            if ((evs[k].events & EPOLLOUT) && flush_out(c) < 0) break;
+            if (evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) handle_read(c, rbuf, rcap);
+        }
+    }
+    t_win1 = now_ns();
+    scpu1 = proc_cpu_s(g_pid);
+    ccpu1 = self_cpu_s();
+
+    uint64_t min_c = UINT64_MAX, max_c = 0;
+    int stalled = 0;
+    for (int i = 0; i < g_conns; i++) {
+        uint64_t d = g_c[i].done - g_c[i].done_at_start;
+        msgs1 += g_c[i].done;
+        if (d < min_c) min_c = d;
+        if (d > max_c) max_c = d;
+        if (d == 0) stalled++;
+        if (g_c[i].fd >= 0) close(g_c[i].fd);
+    }
+    if (!g_measuring) { /* failed before the window opened */
+        min_c = 0;
+        stalled = g_conns;
+        msgs1 = msgs0 = 0;
+    }
+    double window = g_measuring ? (double)(t_win1 - t_win0) / 1e9 : 0.0;
+    double scpu = (scpu0 >= 0 && scpu1 >= 0) ? scpu1 - scpu0 : -1.0;
+    print_json(window, msgs1 - msgs0, scpu, ccpu1 - ccpu0, min_c, max_c, stalled, ready);
+    return g_error[0] ? 1 : 0;
+}

@@ -1,0 +1,265 @@
+"""Turn measurement records into medians, ratios to uvloop, a Markdown report and PNG charts."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+
+from bench.cells import Cell, EchoCell, IdleMemoryCell, RespCell
+from bench.servers import BASELINE, ROOT
+
+CLIENT_BOUND = 0.95  # client CPU use over the window above which the client, not the server, limited the rate
+
+
+def _median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def aggregate(records: list[dict], cells: list[Cell]) -> list[dict]:
+    """One row per (cell, server): medians over the reps that worked, and the median per-rep ratio."""
+    rows = []
+    for cell in cells:
+        recs = [r for r in records if r["cell"] == cell.name]
+        baseline = {r["rep"]: r for r in recs if r["server"] == BASELINE and not r.get("error")}
+        for server in dict.fromkeys(r["server"] for r in recs):
+            mine = [r for r in recs if r["server"] == server]
+            ok = [r for r in mine if not r.get("error")]
+            errors = list(dict.fromkeys(str(r["error"]) for r in mine if r.get("error")))
+            ratios = [
+                r["value"] / baseline[r["rep"]]["value"]
+                for r in ok
+                if r["rep"] in baseline and baseline[r["rep"]]["value"]
+            ]
+            notes = []
+            if errors and ok:
+                notes.append(f"{len(mine) - len(ok)}/{len(mine)} reps failed: {errors[0]}")
+            elif errors:
+                notes.append(errors[0] if errors[0].startswith("skipped") else f"FAILED: {errors[0]}")
+            util = _median([r.get("client_cpu_util") for r in ok])
+            if util is not None and util >= CLIENT_BOUND:
+                notes.append("client-bound (compare CPU/msg)")
+            stalled = max((r.get("stalled_conns") or 0 for r in ok), default=0)
+            if stalled:
+                notes.append(f"{stalled} connection(s) got no reply in a window")
+            rows.append(
+                {
+                    "cell": cell.name,
+                    "title": cell.title,
+                    "server": server,
+                    "label": mine[0]["label"],
+                    "unit": cell.unit,
+                    "reps_ok": len(ok),
+                    "reps": len(mine),
+                    "value": _median([r["value"] for r in ok]),
+                    "ratio": _median(ratios),
+                    "cpu_us": _median([r.get("cpu_us") for r in ok]),
+                    "busy": _median([r.get("server_busy") for r in ok]),
+                    "p50": _median([r.get("p50") for r in ok]),
+                    "p99": _median([r.get("p99") for r in ok]),
+                    "p999": _median([r.get("p999") for r in ok]),
+                    "rss_before": _median([r.get("rss_before") for r in ok]),
+                    "rss_after": _median([r.get("rss_after") for r in ok]),
+                    "notes": "; ".join(notes).replace("|", "/").replace("\n", " ")[:240],
+                }
+            )
+    return rows
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def machine_info() -> dict[str, str]:
+    """CPU model, kernel and versions, for the report header."""
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+
+    def version(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    try:
+        redis = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
+        redis = next((w[2:] for w in redis.split() if w.startswith("v=")), "unknown")
+    except (OSError, subprocess.SubprocessError):
+        redis = "not installed"
+    return {
+        "CPU": f"{cpu} ({os.cpu_count()} logical CPUs)",
+        "Kernel": f"{platform.system()} {platform.release()}",
+        "Python": platform.python_version(),
+        "pygev": version("pygev") + (f" (git {commit})" if commit else ""),
+        "uvloop": version("uvloop"),
+        "websockets": version("websockets"),
+        "redis-server": redis,
+    }
+
+
+def _load_table(rows: list[dict], what: str) -> list[str]:
+    unit = what.split("/")[0].rstrip("s")
+    lines = [
+        f"| cell | server | {what} | vs uvloop | server CPU us/{unit} | server busy | p50 us | p99 us "
+        "| p99.9 us | notes |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['cell']} | {row['label']} | {_fmt(row['value'], ',.0f')} | {_ratio(row['ratio'])} "
+            f"| {_fmt(row['cpu_us'], '.2f')} | {_fmt(row['busy'], '.0%')} | {_fmt(row['p50'], ',.0f')} "
+            f"| {_fmt(row['p99'], ',.0f')} | {_fmt(row['p999'], ',.0f')} | {row['notes']} |"
+        )
+    return lines
+
+
+def _memory_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| server | bytes per idle connection | vs uvloop | RSS before | RSS after | notes |",
+        "|---|--:|--:|--:|--:|---|",
+    ]
+    for row in rows:
+        mib = lambda v: "-" if v is None else f"{v / 1048576:.1f} MiB"  # noqa: E731
+        lines.append(
+            f"| {row['label']} | {_fmt(row['value'], ',.0f')} | {_ratio(row['ratio'])} "
+            f"| {mib(row['rss_before'])} | {mib(row['rss_after'])} | {row['notes']} |"
+        )
+    return lines
+
+
+def markdown(rows: list[dict], cells: list[Cell], settings: dict, command: str, charts: list[str]) -> str:
+    """The whole RESULTS.md text."""
+    by_type = {
+        "echo": [r for r in rows if isinstance(_cell(cells, r), EchoCell)],
+        "resp": [r for r in rows if isinstance(_cell(cells, r), RespCell)],
+        "memory": [r for r in rows if isinstance(_cell(cells, r), IdleMemoryCell)],
+    }
+    out = [
+        "# pygev benchmark results",
+        "",
+        f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by:",
+        "",
+        f"    {command}",
+        "",
+        "## Machine",
+        "",
+        *[f"- {key}: {value}" for key, value in machine_info().items()],
+        f"- Server pinned to CPU {settings['server_cpu']}, client to CPU {settings['client_cpu']}"
+        + ("" if settings["pinned"] else " (NOT pinned: taskset missing or fewer than 2 CPUs)"),
+        f"- {settings['reps']} reps per cell, servers interleaved (A B C A B C ...), medians;"
+        f" {settings['duration']} s measured after {settings['warmup']} s warm-up per run",
+        "",
+        "How to read: *vs uvloop* is the median over reps of the server's rate divided by the uvloop"
+        " baseline's rate in the same rep (raw cells: uvloop Protocol raw echo; framed: the uvloop"
+        " framed-echo peer; ws: the websockets library on uvloop; resp: the uvloop RESP peer; memory:"
+        " lower is better)."
+        " *Server CPU per message* is the server's utime+stime over the measurement window divided by"
+        " the messages in it (10 ms clock ticks), which still compares servers when the client is the"
+        " bottleneck; *server busy* is that CPU time over the window (below ~90%: the server was not"
+        " the limit - the client or other load on the machine was)."
+        " Latencies are the load generator's round trips (p99.9 is not reported by redis-benchmark).",
+        "",
+    ]
+    if by_type["echo"]:
+        out += [
+            "## Echo, framed echo and WebSocket echo (bench/loadgen.c)",
+            "",
+            *_load_table(by_type["echo"], "msgs/s"),
+            "",
+        ]
+        out += ["Cells: " + "; ".join(f"`{c.name}` {c.title}" for c in cells if isinstance(c, EchoCell)), ""]
+    if by_type["resp"]:
+        out += ["## RESP (redis-benchmark, 50 clients)", "", *_load_table(by_type["resp"], "req/s"), ""]
+    if by_type["memory"]:
+        out += [
+            f"## Memory: server RSS per idle connection ({settings['memory_conns']:,} connections)",
+            "",
+            *_memory_table(by_type["memory"]),
+            "",
+        ]
+    if charts:
+        out += ["## Charts", "", *[f"![{Path(c).stem}]({c})" for c in charts], ""]
+    return "\n".join(out)
+
+
+def _cell(cells: list[Cell], row: dict) -> Cell:
+    return next(c for c in cells if c.name == row["cell"])
+
+
+def charts(rows: list[dict], cells: list[Cell], out_dir: Path) -> list[Path]:
+    """PNG charts (matplotlib, Agg): ratio to uvloop and CPU per message per cell, and idle memory."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    load = [r for r in rows if not isinstance(_cell(cells, r), IdleMemoryCell)]
+    servers = list(dict.fromkeys(r["server"] for r in load))
+    cell_names = list(dict.fromkeys(r["cell"] for r in load))
+    for key, title, filename, log in (
+        ("ratio", "throughput relative to uvloop (same rep, median)", "ratio.png", False),
+        ("cpu_us", "server CPU microseconds per message (lower is better)", "cpu.png", True),
+    ):
+        if not load:
+            break
+        fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(cell_names)), 4.5))
+        width = 0.8 / max(1, len(servers))
+        for i, server in enumerate(servers):
+            values = []
+            for name in cell_names:
+                row = next((r for r in load if r["cell"] == name and r["server"] == server), None)
+                values.append(row[key] if row and row[key] is not None else 0)
+            ax.bar([x + i * width for x in range(len(cell_names))], values, width, label=server)
+        ax.set_xticks([x + width * (len(servers) - 1) / 2 for x in range(len(cell_names))])
+        ax.set_xticklabels(cell_names, rotation=30, ha="right", fontsize=8)
+        if key == "ratio":
+            ax.axhline(1.0, color="grey", linewidth=0.8)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / filename
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    memory = [r for r in rows if isinstance(_cell(cells, r), IdleMemoryCell) and r["value"] is not None]
+    if memory:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.bar([r["server"] for r in memory], [r["value"] for r in memory])
+        ax.set_ylabel("bytes per idle connection")
+        ax.set_title("server RSS per idle connection (lower is better)")
+        fig.tight_layout()
+        path = out_dir / "memory.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,220 @@
+"""The servers under test: a registry of command lines per workload kind, and a process wrapper.
+
+Kinds: "raw" (echo), "framed" (4-byte big-endian length-framed echo), "ws" (WebSocket echo) and
+"resp" (Redis protocol).  Every kind has a "uvloop" entry: the baseline its ratios are taken against.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = Path(__file__).resolve().parent / "peers"
+BASELINE = "uvloop"
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server of one kind.  `argv` may hold "{port}"."""
+
+    name: str
+    kind: str
+    label: str
+    argv: tuple[str, ...]
+    modules: tuple[str, ...] = ()  # Python modules it imports (checked before starting)
+
+    def missing(self) -> str | None:
+        """Why this server cannot start here (a missing file, program or module), or None."""
+        prog = self.argv[0]
+        if prog == PY:
+            script = Path(self.argv[1])
+            if not script.exists():
+                return f"{script.relative_to(ROOT)} does not exist"
+        elif shutil.which(prog) is None:
+            return f"{prog} is not installed"
+        for module in self.modules:
+            if importlib.util.find_spec(module) is None:
+                return f"Python module {module} is not installed"
+        return None
+
+    def command(self, port: int) -> list[str]:
+        return [arg.replace("{port}", str(port)) for arg in self.argv]
+
+
+def _py(script: Path, *args: str) -> tuple[str, ...]:
+    return (PY, str(script), "--port", "{port}", *args)
+
+
+def _peer_pairs() -> list[ServerSpec]:
+    specs = []
+    for kind, extra in (("raw", ()), ("framed", ("--framed",))):
+        for loop in ("asyncio", "uvloop"):
+            modules = ("uvloop",) if loop == "uvloop" else ()
+            specs.append(
+                ServerSpec(
+                    loop,
+                    kind,
+                    f"{loop} Protocol",
+                    _py(PEERS / "protocol_echo.py", "--loop", loop, *extra),
+                    modules,
+                )
+            )
+            specs.append(
+                ServerSpec(
+                    f"{loop}-buffered",
+                    kind,
+                    f"{loop} BufferedProtocol",
+                    _py(PEERS / "buffered_echo.py", "--loop", loop, *extra),
+                    modules,
+                )
+            )
+    return specs
+
+
+SERVERS: list[ServerSpec] = [
+    ServerSpec("pygev", "raw", "pygev examples/echo.py", _py(ROOT / "examples" / "echo.py")),
+    ServerSpec("pygev", "framed", "pygev examples/protocol.py", _py(ROOT / "examples" / "protocol.py")),
+    ServerSpec(
+        "pygev",
+        "ws",
+        "pygev examples/websocket_echo.py",
+        _py(ROOT / "examples" / "websocket_echo.py"),
+        ("wsproto",),
+    ),
+    ServerSpec("pygev", "resp", "pygev examples/resp.py", _py(ROOT / "examples" / "resp.py")),
+    *_peer_pairs(),
+    ServerSpec(
+        "asyncio",
+        "ws",
+        "websockets lib, asyncio",
+        _py(PEERS / "websockets_echo.py", "--loop", "asyncio"),
+        ("websockets",),
+    ),
+    ServerSpec(
+        "uvloop",
+        "ws",
+        "websockets lib, uvloop",
+        _py(PEERS / "websockets_echo.py", "--loop", "uvloop"),
+        ("websockets", "uvloop"),
+    ),
+    ServerSpec(
+        "uvloop", "resp", "uvloop RESP peer", _py(PEERS / "resp_server.py", "--loop", "uvloop"), ("uvloop",)
+    ),
+    ServerSpec(
+        "redis",
+        "resp",
+        "redis-server",
+        (
+            "redis-server",
+            "--port",
+            "{port}",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ),
+    ),
+]
+
+
+def server_names() -> list[str]:
+    """Every registered name, in registry order, without repeats."""
+    return list(dict.fromkeys(spec.name for spec in SERVERS))
+
+
+def specs_for(kind: str, names: list[str] | None) -> list[ServerSpec]:
+    """The servers of `kind`, limited to `names` (in that order) when given."""
+    of_kind = [spec for spec in SERVERS if spec.kind == kind]
+    if names is None:
+        return of_kind
+    return [spec for name in names for spec in of_kind if spec.name == name]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """One running server, pinned with `pin` (e.g. ["taskset", "-c", "0"]), its output in `log_path`.
+
+    The pid is the server's own (taskset execs it), so /proc/<pid> gives the server's CPU and RSS.
+    """
+
+    def __init__(self, spec: ServerSpec, pin: list[str], log_dir: Path) -> None:
+        self.spec = spec
+        self.port = free_port()
+        self.log_path = log_dir / f"{spec.kind}-{spec.name}-{self.port}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [*pin, *spec.command(self.port)],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 15.0) -> str | None:
+        """Wait until the port accepts a connection; None when ready, else why not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return f"exited with status {self.proc.returncode} at start-up: {self.log_tail()}"
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
+                    return None
+            except OSError:
+                time.sleep(0.05)
+        return f"not listening after {timeout:.0f} s: {self.log_tail()}"
+
+    def alive(self) -> str | None:
+        """None while running, else why it is not."""
+        if self.proc.poll() is None:
+            return None
+        return f"server exited with status {self.proc.returncode}: {self.log_tail()}"
+
+    def log_tail(self, chars: int = 400) -> str:
+        self._log.flush()
+        try:
+            text = self.log_path.read_bytes()[-chars:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return " | ".join(line for line in text.strip().splitlines() if line.strip())[-chars:]
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; only this process, by its pid."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        self._log.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
