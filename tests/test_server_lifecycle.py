@@ -2,10 +2,13 @@
 stop() flushing and cleaning up (descriptors, threads), stop() idempotence."""
 from __future__ import annotations
 
+import gc
+import socket
 import threading
 import time
 from typing import Any
 
+import pytest
 from support import (
     TIMEOUT,
     EchoRecorder,
@@ -50,23 +53,40 @@ def test_shutdown_write_flushes_then_fin_and_keeps_reading() -> None:
     assert handler.close_count(conn) == 1
 
 
+class PushOnRequest(EchoRecorder):
+    """Echoes, except b"push": then the server writes b"." every 0.1 s (server-side activity only)."""
+
+    def on_message(self, conn: Connection, ctx: Any, data: Any) -> Any:
+        if bytes(data) == b"push":
+            conn.loop.run_every(0.1, lambda: conn.connected and conn.send(b"."))
+            return None
+        return data
+
+
 def test_idle_timeout_closes_idle_but_not_active_connections() -> None:
-    handler = EchoRecorder()
+    handler = PushOnRequest()
     with serve(handler, idle_timeout=1) as srv:
         idle = connect(srv.address)
         idle_opened = time.monotonic()
         idle_conn = handler.wait_connected(1)[0]
-        active = connect(srv.address)
+        active = connect(srv.address)                    # the client talks every 0.1 s
         active_conn = handler.wait_connected(2)[1]
-        with idle, active:
-            # Keep one connection busy (a round trip every 0.1 s) until the idle one is
-            # closed, and a further 1.5 s (longer than the timeout) after that.
+        pushed = connect(srv.address)                    # the server talks every 0.1 s
+        pushed_conn = handler.wait_connected(3)[2]
+        with idle, active, pushed:
+            pushed.sendall(b"push")
+            pushed.setblocking(False)
+            idle.setblocking(False)
+            # Run until the idle one is closed, and a further 1.5 s (longer than the timeout).
             closed_at = None
             stop_at = time.monotonic() + TIMEOUT
-            idle.setblocking(False)
             while time.monotonic() < stop_at:
                 active.sendall(b"tick")
                 assert recv_exactly(active, 4) == b"tick"
+                try:
+                    assert pushed.recv(65536).strip(b".") == b""
+                except BlockingIOError:
+                    pass
                 if closed_at is None:
                     try:
                         if idle.recv(1) == b"":
@@ -80,9 +100,11 @@ def test_idle_timeout_closes_idle_but_not_active_connections() -> None:
             # connected, so its clock for this connection started no earlier than ours).
             assert closed_at - idle_opened >= 1.0 - 0.02
             assert isinstance(handler.wait_closed(idle_conn), TimeoutError)
-            assert handler.close_count(active_conn) == 0 and active_conn.connected
+            for conn in (active_conn, pushed_conn):
+                assert handler.close_count(conn) == 0 and conn.connected
     assert handler.close_count(idle_conn) == 1
     assert handler.closes[id(active_conn)] == [None]
+    assert handler.close_count(pushed_conn) == 1   # None or a reset: we closed with unread pushes
 
 
 def test_max_connections_closes_the_extra_one_at_once() -> None:
@@ -179,6 +201,33 @@ def test_stop_without_connections_and_idempotence() -> None:
     except ConnectionRefusedError:
         refused = True
     assert refused
+
+
+def test_never_started_server_leaves_nothing_behind() -> None:
+    fds_before = open_fds()
+    threads_before = server_threads()
+    srv = serve(EchoRecorder(), num_loops=3)
+    srv.stop()
+    srv.stop()
+    del srv
+    gc.collect()
+    assert open_fds() == fds_before
+    assert server_threads() <= threads_before
+
+
+def test_port_in_use_raises_and_cleans_up() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        fds_before = open_fds()
+        threads_before = server_threads()
+        srv = serve(EchoRecorder(), address=f"127.0.0.1:{port}", num_loops=2)
+        with pytest.raises(OSError), srv:
+            pass
+        srv.stop()
+        assert open_fds() == fds_before
+        wait_until(lambda: server_threads() <= threads_before, what="server threads to end")
 
 
 def test_stop_timeout_bounds_the_flush() -> None:
