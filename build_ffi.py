@@ -32,7 +32,9 @@ RING_SRC = r"""
 #endif
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -79,11 +81,21 @@ long rb_readv2(int fd, char *p1, size_t n1, char *p2, size_t n2)
     return r < 0 ? -errno : (long)r;
 }
 
-/* writev from up to two regions; bytes written or -errno. */
+/* writev from up to two regions; bytes written or -errno.  Sockets are written with sendmsg and
+   MSG_NOSIGNAL, so a reset peer gives -EPIPE and never a SIGPIPE; other fds fall back to writev. */
 long rb_writev2(int fd, const char *p1, size_t n1, const char *p2, size_t n2)
 {
     struct iovec iov[2] = {{(void *)p1, n1}, {(void *)p2, n2}};
-    ssize_t r = writev(fd, iov, n2 ? 2 : 1);
+    ssize_t r;
+#ifdef MSG_NOSIGNAL
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = iov;
+    m.msg_iovlen = n2 ? 2 : 1;
+    r = sendmsg(fd, &m, MSG_NOSIGNAL);
+    if (r >= 0 || errno != ENOTSOCK) return r < 0 ? -errno : (long)r;
+#endif
+    r = writev(fd, iov, n2 ? 2 : 1);
     return r < 0 ? -errno : (long)r;
 }
 """

@@ -122,9 +122,13 @@ class EventLoop:
         self._unpacket = protocol.unpacket
         self._packet: Callable[..., Any] | None = protocol.packet
         # How a reply that is the very view handed to on_message is queued without a copy:
-        # `_echo_kind` is O_ARENA (sent as is) or O_FRAME (pg_flush adds the codec's header/suffix);
-        # None when the protocol's packet() must run.
+        # `_echo_kind` is O_ARENA (an arena range) or O_FRAME (pg_flush adds the codec's
+        # header/suffix); None when the protocol's packet() must run.  When header + payload +
+        # suffix are byte for byte the bytes that arrived (`_echo_merge`), the reply is the arena
+        # range [a - pre, a + b + post), and consecutive echoed frames merge into one range.
         self._echo_kind: int | None = None
+        self._echo_pre = self._echo_post = 0
+        self._echo_merge = False
         self._hdr_width = 0
         self._hdr_little = 0
         self._suffix = b""
@@ -134,19 +138,24 @@ class EventLoop:
             self._mode = MODE_RAW
             self._packet = None
             self._echo_kind = O_ARENA
+            self._echo_merge = True
         elif ptype in _native_protocols() and protocol._native_codec() is not None:  # type: ignore[attr-defined]
             self._mode = MODE_NATIVE
-            self._native_spec = protocol._native_codec()  # type: ignore[attr-defined]
+            spec = self._native_spec = protocol._native_codec()  # type: ignore[attr-defined]
             pack = protocol._native_pack()  # type: ignore[attr-defined]
             if pack is not None:
-                self._echo_kind = O_FRAME
-                if pack[0] == "uint":
-                    self._hdr_width = pack[1]
+                self._echo_kind = O_ARENA
+                self._echo_merge = True
+                if pack[0] == "uint":       # simple header: the one we'd write is the one that came
+                    self._hdr_width = self._echo_pre = pack[1]
                     self._hdr_little = int(pack[2] == "little")
                 elif pack[0] == "suffix":
                     self._suffix = bytes(pack[1])
-                else:
-                    self._echo_kind = O_ARENA
+                    if spec.get("strip_cr"):   # a stripped \r: the reply differs from the input
+                        self._echo_kind = O_FRAME
+                        self._echo_merge = False
+                    else:
+                        self._echo_post = len(self._suffix)
         else:
             self._mode = MODE_GENERIC
         self._max_pending = getattr(protocol, "max_pending", 16 << 20)
@@ -332,6 +341,9 @@ class EventLoop:
         on_message = self._on_message
         dirty_append = self._dirty.append
         echo_kind = self._echo_kind
+        pre = self._echo_pre
+        extra = pre + self._echo_post
+        merge = self._echo_merge
         last_fd = -1
         conn: Any = None
         it = iter(rows)
@@ -352,9 +364,13 @@ class EventLoop:
                     res = on_message(conn, None, view)
                     if res is view and echo_kind is not None:
                         parts = conn._parts
+                        a -= pre
+                        b += extra
                         if parts is None:
                             conn._parts = [echo_kind, a, b]
                             dirty_append(conn)
+                        elif merge and parts[-2] + parts[-1] == a and parts[-3] == O_ARENA:
+                            parts[-1] += b
                         else:
                             parts += (echo_kind, a, b)
                     elif res is not None and conn._state == OPEN:
@@ -779,8 +795,6 @@ class EventLoop:
         self._lingering.discard(conn)
         if 0 <= fd < self._nflags:
             self._flags[fd] = 0
-        lib.pg_close(fd)
-        conn._fd = -1
         conn._out = None
         conn._in = None
         conn._parts = None
@@ -788,6 +802,8 @@ class EventLoop:
         self.closed_by_reason[reason] = self.closed_by_reason.get(reason, 0) + 1
         self.server._released()
         error = conn._error
+        # The callbacks run while the fd is still open, so peer_addr / local_addr can be read
+        # (and are then cached for later); nothing can be sent any more (state is CLOSED).
         try:
             self._protocol.connection_lost(conn, error)
         except Exception:
@@ -796,6 +812,8 @@ class EventLoop:
             self._handler.on_close(conn, error)
         except Exception:
             log.exception("%s.on_close raised", type(self._handler).__name__)
+        lib.pg_close(fd)
+        conn._fd = -1
 
     # ------------------------------------------------------------------------------------
     # inbox, timers, housekeeping, stop
