@@ -79,6 +79,7 @@ def run_workers(server: Any) -> None:
     server._stop_hooks.append(pool.stop)
     with server._lock:
         if server._stop_requested:
+            pool._cleanup()
             server._ready.set()
             server._done.set()
             return
