@@ -168,9 +168,19 @@ def test_stop_flushes_queued_output_and_leaves_nothing_behind() -> None:
         wait_until(lambda: all(c.pending_write > 0 for c in conns), what="output to queue up")
         stopper = threading.Thread(target=srv.stop)
         stopper.start()                                  # stop() waits for the flush...
-        for sock in socks:                               # ...which needs us to read
-            assert recv_to_eof(sock, timeout=30) == payload
+        results: dict[int, bytes] = {}
+
+        def drain(i: int) -> None:                       # ...which needs us to read
+            results[i] = recv_to_eof(socks[i], timeout=30)
+
+        readers = [threading.Thread(target=drain, args=(i,)) for i in range(2)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(40)
+        for sock in socks:
             sock.close()
+        assert results.get(0) == payload and results.get(1) == payload
         stopper.join(TIMEOUT)
         assert not stopper.is_alive(), "stop() did not return"
         srv.stop()                                       # twice is harmless
