@@ -217,7 +217,7 @@ class Server:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if self._family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if self._reuse_port:
+            if self._reuse_port and self._family != socket.AF_UNIX:   # not a thing for unix sockets
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(self._sockaddr)
             sock.listen(self.backlog)
