@@ -66,6 +66,24 @@ def test_two_hundred_concurrent_clients() -> None:
     assert all(handler.close_count(c) == 1 for c in handler.connected)
 
 
+def test_concurrent_large_echoes_stay_separate() -> None:
+    """16 clients x 1 MiB at once on 2 loops: no bytes crossed between connections."""
+    results: dict[int, bool] = {}
+
+    with serve(EchoRecorder(), num_loops=2) as srv:
+        def one(i: int) -> None:
+            rng = random.Random(1000 + i)
+            payload = rng.randbytes(1 << 20)
+            results[i] = echo_exchange(srv.address, payload, rng, max_chunk=200_000) == payload
+
+        clients = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join(60)
+    assert results == dict.fromkeys(range(16), True)
+
+
 # -- several loops ---------------------------------------------------------------------------
 def connect_and_wait(srv: Any, handler: Recorder) -> tuple[socket.socket, Connection]:
     """One new connection, returned once the server's on_connect has run for it."""
@@ -206,18 +224,23 @@ def test_addresses_stay_readable_in_on_close_and_after() -> None:
 
     class LogsPeer(EchoRecorder):
         def on_close(self, conn: Connection, error: BaseException | None) -> None:
-            seen.append((conn.peer_addr, conn.local_addr))
+            if conn is self.connected[0]:
+                seen.append((conn.peer_addr, conn.local_addr))
             super().on_close(conn, error)
 
     handler = LogsPeer()
     with serve(handler) as srv:
-        sock = connect(srv.address)
-        client_addr = sock.getsockname()
-        conn = handler.wait_connected(1)[0]        # addresses not read while open
-        sock.close()
-        handler.wait_closed(conn)
-        assert seen == [(client_addr, srv.address)]
-        assert (conn.peer_addr, conn.local_addr) == (client_addr, srv.address)
+        first, second = connect(srv.address), connect(srv.address)
+        first_addr, second_addr = first.getsockname(), second.getsockname()
+        conns = handler.wait_connected(2)           # addresses not read while open
+        first.close()
+        second.close()
+        handler.wait_closed(conns[0])
+        handler.wait_closed(conns[1])
+        assert seen == [(first_addr, srv.address)]             # read in on_close
+        assert (conns[0].peer_addr, conns[0].local_addr) == (first_addr, srv.address)
+        # Read for the first time only after the connection is gone.
+        assert (conns[1].peer_addr, conns[1].local_addr) == (second_addr, srv.address)
 
 
 def test_reply_types() -> None:
