@@ -33,7 +33,7 @@ class Connection:
     """
 
     __slots__ = ("_fd", "_loop", "_state", "_parts", "_out", "_in", "_last", "_peer", "_local",
-                 "_shut", "_paused", "_error", "_reason", "context", "protocol_state")
+                 "_shut", "_paused", "_error", "_reason", "_tls", "context", "protocol_state")
 
     def __init__(self, loop: EventLoop, fd: int, now: float) -> None:
         self._fd = fd
@@ -49,6 +49,7 @@ class Connection:
         self._paused = False                  # reading paused by backpressure
         self._error: BaseException | None = None
         self._reason = ""
+        self._tls: Any = None                 # TlsSession when the server has an ssl context
         self.context: Any = None
         """Free for the user: per-connection state."""
         self.protocol_state: Any = None

@@ -16,6 +16,7 @@ import bisect
 import errno
 import logging
 import os
+import ssl
 import threading
 from array import array
 from collections import deque
@@ -28,6 +29,7 @@ from .connection import CLOSED, CLOSING, OPEN, Connection
 from .poller import KIND_CONN, KIND_LISTEN, KIND_WAKE, Poller, check, ffi, lib
 from .protocol import ProtocolError
 from .timers import Timer, TimerQueue
+from .tls import TlsSession
 
 if TYPE_CHECKING:
     from .server import Server
@@ -158,6 +160,11 @@ class EventLoop:
                         self._echo_post = len(self._suffix)
         else:
             self._mode = MODE_GENERIC
+        self._tls_context = server.ssl
+        if self._tls_context is not None:   # decryption comes first: the Python protocol path
+            self._mode = MODE_GENERIC
+            self._echo_kind = None
+            self._native_spec = None            # the C splitter must not see ciphertext
         self._max_pending = getattr(protocol, "max_pending", 16 << 20)
         self._read_max = server.read_buffer_size
         self._high = server.write_high_water
@@ -416,7 +423,7 @@ class EventLoop:
             ring = conn._in = RingBuffer(max(len(view), self._read_max))
         ring.write(view)
         fd = conn._fd
-        if fd < self._nflags:
+        if fd < self._nflags and conn._tls is None:
             self._flags[fd] = F_PYREAD      # the next read goes straight into the ring
 
     def _ring_drained(self, conn: Connection) -> None:
@@ -480,6 +487,20 @@ class EventLoop:
 
     def _feed(self, conn: Connection, view: memoryview) -> None:
         """Generic protocols: run unpacket over the new bytes (plus any leftovers)."""
+        tls = conn._tls
+        if tls is not None:
+            try:
+                plain = tls.feed(view)
+            except ssl.SSLError as exc:
+                self._enqueue(conn, tls.take_output())     # the alert, if any
+                self._bad_input(conn, f"TLS error: {exc}", exc)
+                return
+            self._enqueue(conn, tls.take_output())
+            if tls.closed_by_peer:
+                self._close(conn, None, "peer")
+            if not plain or conn._state != OPEN:
+                return
+            view = memoryview(plain)
         ring = conn._in
         if ring is None or not len(ring):
             buf = ViewBuffer(view)
@@ -533,6 +554,15 @@ class EventLoop:
             data = self._packet(conn, data)
         if data is None:
             return
+        if conn._tls is not None:
+            if type(data) is str:
+                raise TypeError("send() needs bytes-like data; encode str first")
+            conn._tls.encrypt(data)
+            data = conn._tls.take_output()
+        self._enqueue(conn, data)
+
+    def _enqueue(self, conn: Connection, data: Any) -> None:
+        """Queue bytes as they are: by reference or copied into scratch."""
         t = type(data)
         if t is memoryview:
             if data.obj is self._arena_obj and data.contiguous:
@@ -544,6 +574,8 @@ class EventLoop:
                 return
             if type(data.obj) is not type(self._arena_obj) or not data.contiguous:
                 data = bytes(data)         # a user buffer: copy now, it may change after send()
+            elif data.format != "B" or data.ndim != 1:
+                data = data.cast("B")
         elif t is str:
             raise TypeError("send() needs bytes-like data; encode str first or use a protocol "
                             "that accepts str")
@@ -735,6 +767,8 @@ class EventLoop:
             self.server._released()
             return
         conn = Connection(self, fd, self.now)
+        if self._tls_context is not None:
+            conn._tls = TlsSession(self._tls_context)
         self._conns[fd] = conn
         if fd < self._nflags:
             self._flags[fd] = 0

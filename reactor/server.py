@@ -64,8 +64,6 @@ class Server:
                  max_connections: int | None = None, read_buffer_size: int = 65536,
                  write_high_water: int = 1 << 20, write_low_water: int | None = None,
                  ssl: Any = None, slow_callback: float | None = 0.1) -> None:
-        if ssl is not None:
-            raise NotImplementedError("TLS (ssl=) is not implemented yet; terminate TLS in front of pygev")
         if load_balance not in _BALANCERS:
             raise ValueError(f"load_balance must be one of {sorted(_BALANCERS)}, not {load_balance!r}")
         if num_loops is not None and num_loops < 1:
@@ -89,6 +87,7 @@ class Server:
         self.write_high_water = write_high_water
         self.write_low_water = write_high_water // 4 if write_low_water is None else write_low_water
         self.slow_callback = slow_callback
+        self.ssl = ssl
         self.metrics_path = metrics_path
         self._metrics_address = metrics_address
         self._exporter: Any = None
