@@ -26,8 +26,9 @@ CRLF = b"\r\n"
 MAX_PENDING = 64 << 20  # an incomplete command may not hold more than this (then: error, close)
 MAX_BULK = 512 << 20  # Redis' proto-max-bulk-len
 MAX_ARGS = 1 << 20
-# "$<n>" for every n below 4096: a bulk header is checked with one list index and one compare
-BULK_HEADER = [b"$%d" % n for n in range(4096)]
+# Header lines the fast path recognises with one dict lookup: "*1".."*64" and "$0".."$4095"
+ARRAY_HEADER = {b"*%d" % n: n for n in range(1, 65)}
+BULK_HEADER = {n: b"$%d" % n for n in range(4096)}
 
 OK = b"+OK\r\n"
 PONG = b"+PONG\r\n"
@@ -150,7 +151,8 @@ class Resp(Handler):
         """Execute every complete command in `data`: (replies, bytes consumed)."""
         execute = self.execute
         store = self.store
-        headers = BULK_HEADER
+        array_count = ARRAY_HEADER.get
+        bulk_header = BULK_HEADER.get
         lines = data.split(CRLF)
         last = len(lines) - 1  # lines[last] is the unterminated rest (b"" when data ends in CRLF)
         replies: list[bytes] = []
@@ -158,38 +160,42 @@ class Resp(Handler):
         i = 0
         while i < last:
             line = lines[i]
-            if line[:1] != b"*":  # an inline command
-                if b"\n" in line:
-                    break  # bare-LF line ends: leave them to the exact parser
-                args = line.split()
-                if args:
-                    append(execute(args))
+            count = array_count(line)
+            if count is not None:  # "*<count>" then <count> pairs of "$<length>", <bytes>
+                stop = i + 1 + 2 * count
+                if stop > last:
+                    break  # not complete yet
+                # Each "$<length>" must match its string; a string that held CRLF (or is over 4 KiB)
+                # does not, and the exact parser takes over from this command.
+                for j in range(i + 1, stop, 2):
+                    if lines[j] != bulk_header(len(lines[j + 1])):
+                        break
+                else:
+                    j = stop
+                if j != stop:
+                    break
+                args = lines[i + 2 : stop + 1 : 2]
+                i = stop
+            elif line[:1] == b"*" or b"\n" in line:
+                break  # an unusual array header, or lines ended by a bare LF: the exact parser decides
+            else:  # an inline command
                 i += 1
-                continue
-            try:
-                count = int(line[1:])
-            except ValueError:
-                break
-            stop = i + 1 + 2 * count
-            if count <= 0 or stop > last:
-                break  # not complete yet, or unusual: the exact parser decides
-            args = lines[i + 2 : stop + 1 : 2]
-            try:
-                if lines[i + 1 : stop : 2] != [headers[len(a)] for a in args]:
-                    break  # a bulk string held CRLF: its declared length differs
-            except IndexError:
-                break  # a bulk string of 4096 bytes or more
-            # the two hottest commands, inline; everything else through execute()
+                args = line.split()
+                if not args:
+                    continue
+            # the hottest commands inline, everything else through execute()
             name = args[0]
-            if name == b"GET" and count == 2:
+            n = len(args)
+            if name == b"GET" and n == 2:
                 value = store.get(args[1])
                 append(NIL if value is None else b"$%d\r\n%s\r\n" % (len(value), value))
-            elif name == b"SET" and count == 3:
+            elif name == b"SET" and n == 3:
                 store[args[1]] = args[2]
                 append(OK)
+            elif name == b"PING" and n == 1:
+                append(PONG)
             else:
                 append(execute(args))
-            i = stop
         if i == last and not lines[last]:
             return replies, len(data)
         # Stopped early: find the byte offset of line i, then the exact parser takes over from there.
