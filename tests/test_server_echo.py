@@ -230,13 +230,16 @@ def test_addresses_stay_readable_in_on_close_and_after() -> None:
 
     handler = LogsPeer()
     with serve(handler) as srv:
-        first, second = connect(srv.address), connect(srv.address)
+        first, second, probe = (connect(srv.address) for _ in range(3))
         first_addr, second_addr = first.getsockname(), second.getsockname()
-        conns = handler.wait_connected(2)           # addresses not read while open
+        conns = handler.wait_connected(3)           # addresses not read while open
         first.close()
         second.close()
         handler.wait_closed(conns[0])
         handler.wait_closed(conns[1])
+        with probe:                                 # one loop: a round trip after the closes
+            probe.sendall(b"sync")                  # means the close handling has finished
+            assert recv_exactly(probe, 4) == b"sync"
         assert seen == [(first_addr, srv.address)]             # read in on_close
         assert (conns[0].peer_addr, conns[0].local_addr) == (first_addr, srv.address)
         # Read for the first time only after the connection is gone.
