@@ -189,22 +189,8 @@ REACTOR_SRC = r"""
 #include <sys/time.h>
 #endif
 
-typedef struct {
-    int type;
-    int len_offset, len_size, adjust, strip, little;
-    int64_t max_frame;
-    int delim_len;
-    unsigned char delim[16];
-    int strip_cr;
-    int64_t fixed;
-} pg_codec;
-
-enum { PG_K_CONN = 0, PG_K_LISTEN = 1, PG_K_WAKE = 2 };
-enum { PG_R_DATA = 1, PG_R_FRAME, PG_R_PARTIAL, PG_R_EOF, PG_R_ERROR, PG_R_READABLE,
-       PG_R_WRITABLE, PG_R_ACCEPT, PG_R_ACCEPT_ERROR, PG_R_WAKE, PG_R_FRAME_ERROR };
-enum { PG_F_PYREAD = 1, PG_F_NODELAY = 2 };
-enum { PG_O_ARENA = 0, PG_O_SCRATCH, PG_O_PTR, PG_O_UINT_BE, PG_O_UINT_LE, PG_O_FRAME };
-enum { PG_FRAME_TOO_LONG = 1, PG_FRAME_BAD_LENGTH = 2 };
+/* REACTOR_CDEF (the pg_codec struct, constants and prototypes) is spliced in here. */
+@REACTOR_CDEF@
 
 #define ROW(F, A, B, C) do { rows[4*nr] = (F); rows[4*nr+1] = (int32_t)(A); \
     rows[4*nr+2] = (int32_t)(B); rows[4*nr+3] = (C); nr++; } while (0)
@@ -583,7 +569,8 @@ int pg_pending_error(int fd)
 
 reactor_ffi = FFI()
 reactor_ffi.cdef(REACTOR_CDEF)
-reactor_ffi.set_source("reactor._reactor_native", REACTOR_SRC, extra_compile_args=["-O2"])
+reactor_ffi.set_source("reactor._reactor_native", REACTOR_SRC.replace("@REACTOR_CDEF@", REACTOR_CDEF),
+                       extra_compile_args=["-O2"])
 
 if __name__ == "__main__":
     ring_ffi.compile(verbose=False)

@@ -16,15 +16,6 @@ class ConnectionClosed(ConnectionError):
     """send() (or shutdown_write()) on a connection that is closed or closing."""
 
 
-def _sock_name(fd: int, peer: bool) -> Any:
-    """getpeername/getsockname of a raw fd, without taking ownership of it."""
-    s = socket.socket(fileno=fd)
-    try:
-        return s.getpeername() if peer else s.getsockname()
-    finally:
-        s.detach()
-
-
 class Connection:
     """A client connection.  Thread-safe: send(), close() and shutdown_write().
 
@@ -118,22 +109,28 @@ class Connection:
     @property
     def peer_addr(self) -> Any:
         """What getpeername() returns: (host, port), an IPv6 4-tuple, or a unix path."""
-        if self._peer is None and self._fd >= 0:
-            try:
-                self._peer = _sock_name(self._fd, True)
-            except OSError:
-                return None
+        if self._peer is None:
+            self._peer = self._sock_name(True)
         return self._peer
 
     @property
     def local_addr(self) -> Any:
         """What getsockname() returns."""
-        if self._local is None and self._fd >= 0:
-            try:
-                self._local = _sock_name(self._fd, False)
-            except OSError:
-                return None
+        if self._local is None:
+            self._local = self._sock_name(False)
         return self._local
+
+    def _sock_name(self, peer: bool) -> Any:
+        """Looked up on first use (then cached): accept() pays nothing for it."""
+        if self._fd < 0:
+            return None
+        s = socket.socket(fileno=self._fd)
+        try:
+            return s.getpeername() if peer else s.getsockname()
+        except OSError:
+            return None
+        finally:
+            s.detach()
 
     @property
     def pending_write(self) -> int:
