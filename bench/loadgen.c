@@ -575,6 +575,7 @@ int main(int argc, char **argv) {
         msgs1 = msgs0 = 0;
     }
     double window = g_measuring ? (double)(t_win1 - t_win0) / 1e9 : 0.0;
+    if (g_measuring && msgs1 == msgs0) fail("no reply completed in the %.1f s measurement window", window);
     double scpu = (scpu0 >= 0 && scpu1 >= 0) ? scpu1 - scpu0 : -1.0;
     print_json(window, msgs1 - msgs0, scpu, ccpu1 - ccpu0, min_c, max_c, stalled, ready);
     return g_error[0] ? 1 : 0;

@@ -32,6 +32,7 @@ class ServerSpec:
     label: str
     argv: tuple[str, ...]
     modules: tuple[str, ...] = ()  # Python modules it imports (checked before starting)
+    hint: str = ""  # where a missing program comes from
 
     def missing(self) -> str | None:
         """Why this server cannot start here (a missing file, program or module), or None."""
@@ -41,7 +42,7 @@ class ServerSpec:
             if not script.exists():
                 return f"{script.relative_to(ROOT)} does not exist"
         elif shutil.which(prog) is None:
-            return f"{prog} is not installed"
+            return f"{prog} is not installed" + (f" ({self.hint})" if self.hint else "")
         for module in self.modules:
             if importlib.util.find_spec(module) is None:
                 return f"Python module {module} is not installed"
@@ -127,6 +128,7 @@ SERVERS: list[ServerSpec] = [
             "--daemonize",
             "no",
         ),
+        hint="Debian package redis-server",
     ),
 ]
 
