@@ -21,6 +21,16 @@ def _median(values: list) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _rep_ratio(ok: list[dict], baseline: dict[int, dict], key: str) -> float | None:
+    """Median over reps of record[key] / the baseline's record[key] in the same rep."""
+    ratios = []
+    for r in ok:
+        base = baseline.get(r["rep"], {}).get(key)
+        if base and r.get(key) is not None:
+            ratios.append(r[key] / base)
+    return _median(ratios)
+
+
 def aggregate(records: list[dict], cells: list[Cell]) -> list[dict]:
     """One row per (cell, server): medians over the reps that worked, and the median per-rep ratio."""
     rows = []
@@ -31,11 +41,6 @@ def aggregate(records: list[dict], cells: list[Cell]) -> list[dict]:
             mine = [r for r in recs if r["server"] == server]
             ok = [r for r in mine if not r.get("error")]
             errors = list(dict.fromkeys(str(r["error"]) for r in mine if r.get("error")))
-            ratios = [
-                r["value"] / baseline[r["rep"]]["value"]
-                for r in ok
-                if r["rep"] in baseline and baseline[r["rep"]]["value"]
-            ]
             notes = []
             if errors and ok:
                 notes.append(f"{len(mine) - len(ok)}/{len(mine)} reps failed: {errors[0]}")
@@ -57,8 +62,9 @@ def aggregate(records: list[dict], cells: list[Cell]) -> list[dict]:
                     "reps_ok": len(ok),
                     "reps": len(mine),
                     "value": _median([r["value"] for r in ok]),
-                    "ratio": _median(ratios),
+                    "ratio": _rep_ratio(ok, baseline, "value"),
                     "cpu_us": _median([r.get("cpu_us") for r in ok]),
+                    "cpu_ratio": _rep_ratio(ok, baseline, "cpu_us"),
                     "busy": _median([r.get("server_busy") for r in ok]),
                     "p50": _median([r.get("p50") for r in ok]),
                     "p99": _median([r.get("p99") for r in ok]),
@@ -124,15 +130,16 @@ def machine_info() -> dict[str, str]:
 def _load_table(rows: list[dict], what: str) -> list[str]:
     unit = what.split("/")[0].rstrip("s")
     lines = [
-        f"| cell | server | {what} | vs uvloop | server CPU us/{unit} | server busy | p50 us | p99 us "
-        "| p99.9 us | notes |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
+        f"| cell | server | {what} | vs uvloop | server CPU us/{unit} | CPU vs uvloop | server busy "
+        "| p50 us | p99 us | p99.9 us | notes |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['cell']} | {row['label']} | {_fmt(row['value'], ',.0f')} | {_ratio(row['ratio'])} "
-            f"| {_fmt(row['cpu_us'], '.2f')} | {_fmt(row['busy'], '.0%')} | {_fmt(row['p50'], ',.0f')} "
-            f"| {_fmt(row['p99'], ',.0f')} | {_fmt(row['p999'], ',.0f')} | {row['notes']} |"
+            f"| {_fmt(row['cpu_us'], '.2f')} | {_ratio(row['cpu_ratio'])} | {_fmt(row['busy'], '.0%')} "
+            f"| {_fmt(row['p50'], ',.0f')} | {_fmt(row['p99'], ',.0f')} | {_fmt(row['p999'], ',.0f')} "
+            f"| {row['notes']} |"
         )
     return lines
 
@@ -211,7 +218,7 @@ def _cell(cells: list[Cell], row: dict) -> Cell:
 
 
 def charts(rows: list[dict], cells: list[Cell], out_dir: Path) -> list[Path]:
-    """PNG charts (matplotlib, Agg): ratio to uvloop and CPU per message per cell, and idle memory."""
+    """PNG charts (matplotlib, Agg): throughput and CPU per message relative to uvloop, idle memory."""
     try:
         import matplotlib
 
@@ -221,15 +228,15 @@ def charts(rows: list[dict], cells: list[Cell], out_dir: Path) -> list[Path]:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    load = [r for r in rows if not isinstance(_cell(cells, r), IdleMemoryCell)]
+    load = [r for r in rows if not isinstance(_cell(cells, r), IdleMemoryCell) and r["value"] is not None]
     servers = list(dict.fromkeys(r["server"] for r in load))
     cell_names = list(dict.fromkeys(r["cell"] for r in load))
-    for key, title, filename, log in (
-        ("ratio", "throughput relative to uvloop (same rep, median)", "ratio.png", False),
-        ("cpu_us", "server CPU microseconds per message (lower is better)", "cpu.png", True),
+    for key, title, filename in (
+        ("ratio", "throughput relative to uvloop (same rep, median; higher is better)", "ratio.png"),
+        ("cpu_ratio", "server CPU per message relative to uvloop (lower is better)", "cpu.png"),
     ):
-        if not load:
-            break
+        if all(r[key] is None for r in load):
+            continue  # nothing to compare with (the baseline did not run)
         fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(cell_names)), 4.5))
         width = 0.8 / max(1, len(servers))
         for i, server in enumerate(servers):
@@ -240,10 +247,7 @@ def charts(rows: list[dict], cells: list[Cell], out_dir: Path) -> list[Path]:
             ax.bar([x + i * width for x in range(len(cell_names))], values, width, label=server)
         ax.set_xticks([x + width * (len(servers) - 1) / 2 for x in range(len(cell_names))])
         ax.set_xticklabels(cell_names, rotation=30, ha="right", fontsize=8)
-        if key == "ratio":
-            ax.axhline(1.0, color="grey", linewidth=0.8)
-        if log:
-            ax.set_yscale("log")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_title(title)
         ax.legend(fontsize=8)
         fig.tight_layout()
