@@ -273,6 +273,9 @@ class EventLoop:
         self._wake()
 
     def _post_send(self, conn: Connection, data: Any, packet: bool) -> None:
+        if isinstance(data, str) and (not packet or self._packet is None):
+            raise TypeError("send() needs bytes-like data; encode str first or use a protocol "
+                            "that accepts str")
         if type(data) is not bytes and not isinstance(data, str):
             try:
                 data = bytes(memoryview(data))  # the caller may reuse its buffer once send() returns
@@ -836,8 +839,12 @@ class EventLoop:
         self.closed_by_reason[reason] = self.closed_by_reason.get(reason, 0) + 1
         self.server._released()
         error = conn._error
-        # The callbacks run while the fd is still open, so peer_addr / local_addr can be read
-        # (and are then cached for later); nothing can be sent any more (state is CLOSED).
+        # Addresses outlive the socket (like asyncio's cached peername): looked up now unless a
+        # callback already asked.  Callbacks run while the fd is open; nothing can be sent.
+        if conn._peer is None:
+            conn._peer = conn._sock_name(True)
+        if conn._local is None:
+            conn._local = conn._sock_name(False)
         try:
             self._protocol.connection_lost(conn, error)
         except Exception:
@@ -846,8 +853,8 @@ class EventLoop:
             self._handler.on_close(conn, error)
         except Exception:
             log.exception("%s.on_close raised", type(self._handler).__name__)
+        conn._fd = -1          # before the number can be reused by another accept
         lib.pg_close(fd)
-        conn._fd = -1
 
     # ------------------------------------------------------------------------------------
     # inbox, timers, housekeeping, stop
