@@ -25,7 +25,6 @@ class Progress:
         self.total = total
         self.done = 0
         self.started = time.monotonic()
-        self.tty = sys.stderr.isatty()
 
     def step(self, cell: str, server: str, rep: int, reps: int, outcome: str) -> None:
         self.done += 1
@@ -38,6 +37,9 @@ class Progress:
 
 
 def describe(result: dict, cell: Cell) -> str:
+    """The outcome of one measurement in a few words, for the progress line."""
+    if result.get("skipped"):
+        return str(result["error"])[:100]
     if result.get("error"):
         return "FAILED: " + str(result["error"])[:100]
     if cell.unit == "bytes/conn":
@@ -77,28 +79,46 @@ def measure_cell(
     if cell.fresh_server:
         for rep in range(1, reps + 1):
             for spec in runnable:
-                with ServerProcess(spec, pin, log_dir) as server:
+                server = start(spec, pin, log_dir)
+                if isinstance(server, str):
+                    record(spec, rep, {"error": server})
+                    continue
+                try:
                     why = server.wait_ready()
                     record(spec, rep, {"error": why} if why else cell.measure(server, ctx))
+                finally:
+                    server.stop()
         return records
 
-    servers: list[ServerProcess] = []
+    procs: dict[str, ServerProcess] = {}
+    failed: dict[str, str] = {}  # server name -> why it is not serving
     try:
-        failed: dict[str, str] = {}
         for spec in runnable:
-            servers.append(ServerProcess(spec, pin, log_dir))
-        for server in servers:
-            why = server.wait_ready()
+            server = start(spec, pin, log_dir)
+            if isinstance(server, str):
+                failed[spec.name] = server
+            else:
+                procs[spec.name] = server
+        for name, proc in procs.items():
+            why = proc.wait_ready()
             if why:
-                failed[server.spec.name] = why
+                failed[name] = why
         for rep in range(1, reps + 1):
-            for server in servers:
-                why = failed.get(server.spec.name) or server.alive()
-                record(server.spec, rep, {"error": why} if why else cell.measure(server, ctx))
+            for spec in runnable:
+                why = failed.get(spec.name) or procs[spec.name].alive()
+                record(spec, rep, {"error": why} if why else cell.measure(procs[spec.name], ctx))
     finally:
-        for server in servers:
-            server.stop()
+        for proc in procs.values():
+            proc.stop()
     return records
+
+
+def start(spec: ServerSpec, pin: list[str], log_dir: Path) -> ServerProcess | str:
+    """Start a server process, or say why it could not be started."""
+    try:
+        return ServerProcess(spec, pin, log_dir)
+    except OSError as exc:
+        return f"cannot start {spec.argv[0]}: {exc}"
 
 
 def run_matrix(
