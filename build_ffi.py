@@ -156,9 +156,9 @@ int pg_poll(int pfd, void *evbuf, int maxev, int timeout_ms,
             const pg_codec *codec, int32_t *rows, int maxrows, int64_t *nread);
 int64_t pg_split(const pg_codec *codec, const char *buf, int64_t len, int fd,
                  int32_t *rows, int maxrows, int *nrows);
-int pg_flush(const int32_t *spec, int nspec, const char *arena, const char *scratch,
-             char **ptrs, int hdr_width, int hdr_little, const char *suffix, int suffix_len,
-             int64_t *out);
+int64_t pg_flush(const int32_t *spec, int nspec, const char *arena, const char *scratch,
+                 char **ptrs, int hdr_width, int hdr_little, const char *suffix, int suffix_len,
+                 int64_t *shortw, int *nshort);
 int pg_wake_open(int *fds);
 int pg_wake(int wfd);
 int pg_close(int fd);
@@ -483,8 +483,9 @@ int pg_wake(int wfd)
      PG_O_PTR (index into ptrs, length); PG_O_UINT_BE / PG_O_UINT_LE (value, width in bytes);
      PG_O_FRAME (offset, length) in `arena`, framed by the codec: a `hdr_width`-byte length
      prefix (little-endian when hdr_little) and/or the `suffix` bytes.
-   For each group, out gets (bytes written or -errno, bytes queued).  Writing stops at the first
-   short write of a group; what is left is the caller's to keep.  Returns the number of groups. */
+   Writing a group stops at its first short write.  Returns the bytes written in all; each group
+   the kernel did not take whole is reported in `shortw` as (group index, bytes written or
+   -errno, bytes queued), `*nshort` of them: what is left is the caller's to keep. */
 static void put_uint(unsigned char *dst, uint32_t v, int width, int little)
 {
     for (int i = 0; i < width; i++) {
@@ -493,10 +494,12 @@ static void put_uint(unsigned char *dst, uint32_t v, int width, int little)
     }
 }
 
-int pg_flush(const int32_t *spec, int nspec, const char *arena, const char *scratch,
-             char **ptrs, int hdr_width, int hdr_little, const char *suffix, int suffix_len,
-             int64_t *out)
+int64_t pg_flush(const int32_t *spec, int nspec, const char *arena, const char *scratch,
+                 char **ptrs, int hdr_width, int hdr_little, const char *suffix, int suffix_len,
+                 int64_t *shortw, int *nshort)
 {
+    int64_t sent = 0;
+    *nshort = 0;
     struct iovec iov[FLUSH_IOV];
     unsigned char hdr[FLUSH_IOV][8];
     int pos = 0, g = 0;
@@ -544,11 +547,14 @@ int pg_flush(const int32_t *spec, int nspec, const char *arena, const char *scra
                 k = 0; want = 0;
             }
         }
-        out[2 * g] = err ? -(int64_t)err : written;
-        out[2 * g + 1] = total;
+        sent += written;
+        if (written != total) {
+            int64_t *row = shortw + 3 * (*nshort)++;
+            row[0] = g; row[1] = err ? -(int64_t)err : written; row[2] = total;
+        }
         g++;
     }
-    return g;
+    return sent;
 }
 
 /* ---- small socket helpers --------------------------------------------------------------- */

@@ -194,7 +194,8 @@ class EventLoop:
         self._rows_mv = memoryview(ffi.buffer(self._rows)).cast("i")
         self._nflags = _fd_table_size()
         self._flags = ffi.new("unsigned char[]", self._nflags)
-        self._out_res = ffi.new("int64_t[]", 2 * 1024)
+        self._short = ffi.new("int64_t[]", 3 * 1024)
+        self._nshort = ffi.new("int *")
         self._nsplit = ffi.new("int *")
         self._nread = ffi.new("int64_t *")
         self._codec = ffi.new("pg_codec *")
@@ -648,58 +649,66 @@ class EventLoop:
             skip = 0
 
     def _flush(self) -> None:
-        """Write every dirty connection's queued output: one native call, one sendmsg each."""
+        """Write every dirty connection's queued output: one native call, one sendmsg each.
+        Python only hears about the connections the kernel did not take everything from."""
         dirty = self._dirty[:]
         self._dirty.clear()           # in place: the dispatch loop holds its bound append
         spec: list[int] = []
         groups = []
+        finishing = []
+        now = self.now
         for conn in dirty:
             parts = conn._parts
             conn._parts = None
-            if conn._state == CLOSED:
-                continue
-            if parts is None:                 # closing with nothing new to write
-                self._after_write(conn)
-                continue
-            if conn._out is not None and len(conn._out):
-                self._spill(conn, parts, 0)   # keep order behind output already waiting
-                self._write_ring(conn)
-                continue
-            spec.append(conn._fd)
-            spec.append(len(parts) // 3)
+            if conn._state or conn._shut or conn._out is not None:
+                if conn._state == CLOSED:
+                    continue
+                if parts is None:                 # closing with nothing new to write
+                    self._after_write(conn)
+                    continue
+                if conn._out is not None and len(conn._out):
+                    self._spill(conn, parts, 0)   # keep order behind output already waiting
+                    self._write_ring(conn)
+                    continue
+                finishing.append(conn)            # FIN or close once this is written
+            spec += (conn._fd, len(parts) // 3)
             spec += parts
-            groups.append((conn, parts))
+            groups.append(conn)
+            conn._last = now
         if groups:
-            res_mv = self._out_res
-            if len(groups) > len(res_mv) // 2:
-                self._out_res = res_mv = ffi.new("int64_t[]", 2 * len(groups))
+            short = self._short
+            if 3 * len(groups) > len(short):
+                self._short = short = ffi.new("int64_t[]", 3 * len(groups))
             arr = array("i", spec)
-            g = lib.pg_flush(ffi.from_buffer("int32_t[]", arr), len(arr), self._arena, self._scratch,
-                             self._ptrs, self._hdr_width, self._hdr_little, self._suffix_buf,
-                             len(self._suffix), res_mv)
-            res = ffi.unpack(res_mv, 2 * g)
-            now = self.now
-            sent = 0
-            for i in range(g):
-                conn, parts = groups[i]
-                written, total = res[2 * i], res[2 * i + 1]
-                if written == total:
-                    sent += written
-                    conn._last = now
-                    if conn._state or conn._shut:
-                        self._after_write(conn)
-                elif written < 0:
-                    err = -written
-                    self._abort(conn, OSError(err, os.strerror(err)), "reset" if err in _RESET else "error")
-                else:
-                    sent += written
-                    if written:
-                        conn._last = now
-                    self._spill(conn, parts, written)
-                    self._want_write(conn)
-            self.sent_bytes += sent
+            self.sent_bytes += lib.pg_flush(
+                ffi.from_buffer("int32_t[]", arr), len(arr), self._arena, self._scratch, self._ptrs,
+                self._hdr_width, self._hdr_little, self._suffix_buf, len(self._suffix), short, self._nshort)
+            nshort = self._nshort[0]
+            if nshort:
+                self._short_writes(groups, spec, ffi.unpack(short, 3 * nshort))
+            for conn in finishing:
+                if conn._out is None and conn._state != CLOSED:
+                    self._after_write(conn)
         self._keep.clear()
         self._scratch_pos = 0
+
+    def _short_writes(self, groups: list[Connection], spec: list[int], short: list[int]) -> None:
+        """Connections whose output the kernel did not take whole: keep the rest, or drop them."""
+        starts = []
+        pos = 0
+        for _conn in groups:             # where each group's parts begin in the flat spec
+            starts.append(pos + 2)
+            pos += 2 + 3 * spec[pos + 1]
+        it = iter(short)
+        for index, written, _total in zip(it, it, it):
+            conn = groups[index]
+            if written < 0:
+                err = -written
+                self._abort(conn, OSError(err, os.strerror(err)), "reset" if err in _RESET else "error")
+                continue
+            start = starts[index]
+            self._spill(conn, spec[start:start + 3 * spec[start - 1]], written)
+            self._want_write(conn)
 
     def _want_write(self, conn: Connection) -> None:
         """Output is waiting in the ring: arm write interest; past the high-water mark, stop reading."""
