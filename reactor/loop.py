@@ -660,11 +660,12 @@ class EventLoop:
         for conn in dirty:
             parts = conn._parts
             conn._parts = None
+            if parts is None:                     # closing with nothing new to write
+                if conn._state != CLOSED:
+                    self._after_write(conn)
+                continue
             if conn._state or conn._shut or conn._out is not None:
                 if conn._state == CLOSED:
-                    continue
-                if parts is None:                 # closing with nothing new to write
-                    self._after_write(conn)
                     continue
                 if conn._out is not None and len(conn._out):
                     self._spill(conn, parts, 0)   # keep order behind output already waiting
