@@ -118,6 +118,21 @@ typedef struct {
     int64_t fixed;
 } pg_codec;
 
+/* Everything one event loop hands the glue, set up once: calls then pass one pointer. */
+typedef struct {
+    int pfd;                          /* epoll / kqueue fd */
+    void *events; int maxev;          /* event buffer */
+    const unsigned char *fdflags; int nflags;   /* per-fd PG_F_* flags */
+    char *arena; int64_t arena_size; int64_t read_max;
+    pg_codec codec;                   /* frame splitting (type 0: none) */
+    int32_t *rows; int maxrows;       /* result rows of a poll */
+    int64_t nread;                    /* bytes read into the arena, ever */
+    const char *scratch; char **ptrs; /* output sources besides the arena */
+    int hdr_width, hdr_little;        /* PG_O_FRAME: length prefix */
+    const char *suffix; int suffix_len;          /* PG_O_FRAME: delimiter */
+    int64_t *shortw; int nshort;      /* short writes of the last flush: (group, written, queued) */
+} pg_loop;
+
 #define PG_K_CONN 0
 #define PG_K_LISTEN 1
 #define PG_K_WAKE 2
@@ -150,15 +165,10 @@ typedef struct {
 int pg_event_size(void);
 int pg_poller_open(void);
 int pg_ctl(int pfd, int op, int fd, int kind, int readable, int writable);
-int pg_poll(int pfd, void *evbuf, int maxev, int timeout_ms,
-            const unsigned char *fdflags, int nflags,
-            char *arena, int64_t arena_size, int64_t read_max,
-            const pg_codec *codec, int32_t *rows, int maxrows, int64_t *nread);
+int pg_poll(pg_loop *L, int timeout_ms);
 int64_t pg_split(const pg_codec *codec, const char *buf, int64_t len, int fd,
                  int32_t *rows, int maxrows, int *nrows);
-int64_t pg_flush(const int32_t *spec, int nspec, const char *arena, const char *scratch,
-                 char **ptrs, int hdr_width, int hdr_little, const char *suffix, int suffix_len,
-                 int64_t *shortw, int *nshort);
+int64_t pg_flush(pg_loop *L, const int32_t *spec, int nspec);
 int pg_wake_open(int *fds);
 int pg_wake(int wfd);
 int pg_close(int fd);
@@ -310,23 +320,23 @@ static int accept_nb(int lfd, struct sockaddr_storage *ss, socklen_t *sl)
 }
 
 typedef struct {
-    const unsigned char *fdflags; int nflags;
-    char *arena; int64_t arena_size, read_max, used;
-    const pg_codec *codec;
-    int32_t *rows; int maxrows; int nr;
+    pg_loop *L;
+    int64_t used;     /* arena bytes filled this turn */
+    int nr;           /* rows emitted */
 } turn_t;
 
 static void handle_event(turn_t *t, int fd, int kind, int readable, int writable)
 {
-    int32_t *rows = t->rows;
+    pg_loop *L = t->L;
+    int32_t *rows = L->rows;
     int nr = t->nr;
-    int flags = fd < t->nflags ? t->fdflags[fd] : 0;
+    int flags = fd < L->nflags ? L->fdflags[fd] : 0;
     if (kind == PG_K_WAKE) {
         char drain[64];
         while (read(fd, drain, sizeof drain) > 0) {}
         ROW(fd, 0, 0, PG_R_WAKE);
     } else if (kind == PG_K_LISTEN) {
-        for (int k = 0; k < ACCEPTS_PER_TURN && nr + ROW_RESERVE <= t->maxrows; k++) {
+        for (int k = 0; k < ACCEPTS_PER_TURN && nr + ROW_RESERVE <= L->maxrows; k++) {
             struct sockaddr_storage ss;
             socklen_t sl = sizeof ss;
             int c = accept_nb(fd, &ss, &sl);
@@ -347,16 +357,16 @@ static void handle_event(turn_t *t, int fd, int kind, int readable, int writable
             if (flags & PG_F_PYREAD) {
                 ROW(fd, 0, 0, PG_R_READABLE);
             } else {
-                int64_t room = t->arena_size - t->used;
-                if (room > t->read_max) room = t->read_max;
-                if (room >= 4096 || room >= t->read_max) {
-                    ssize_t r = read(fd, t->arena + t->used, (size_t)room);
+                int64_t room = L->arena_size - t->used;
+                if (room > L->read_max) room = L->read_max;
+                if (room >= 4096 || room >= L->read_max) {
+                    ssize_t r = read(fd, L->arena + t->used, (size_t)room);
                     if (r > 0) {
                         int64_t at = t->used;
                         t->used += r;
-                        if (t->codec && t->codec->type) {
-                            int64_t done = split_frames(t->codec, (unsigned char *)t->arena + at, r, fd, at,
-                                                        rows, &nr, t->maxrows - ROW_RESERVE);
+                        if (L->codec.type) {
+                            int64_t done = split_frames(&L->codec, (unsigned char *)L->arena + at, r, fd, at,
+                                                        rows, &nr, L->maxrows - ROW_RESERVE);
                             if (done >= 0 && done < r) ROW(fd, at + done, r - done, PG_R_PARTIAL);
                         } else {
                             ROW(fd, at, r, PG_R_DATA);
@@ -390,21 +400,18 @@ int pg_ctl(int pfd, int op, int fd, int kind, int readable, int writable)
     return epoll_ctl(pfd, o, fd, &ev) < 0 ? -errno : 0;
 }
 
-int pg_poll(int pfd, void *evbuf, int maxev, int timeout_ms,
-            const unsigned char *fdflags, int nflags,
-            char *arena, int64_t arena_size, int64_t read_max,
-            const pg_codec *codec, int32_t *rows, int maxrows, int64_t *nread)
+int pg_poll(pg_loop *L, int timeout_ms)
 {
-    struct epoll_event *evs = evbuf;
-    int n = epoll_wait(pfd, evs, maxev, timeout_ms);
+    struct epoll_event *evs = L->events;
+    int n = epoll_wait(L->pfd, evs, L->maxev, timeout_ms);
     if (n < 0) return errno == EINTR ? 0 : -errno;
-    turn_t t = {fdflags, nflags, arena, arena_size, read_max, 0, codec, rows, maxrows, 0};
-    for (int i = 0; i < n && t.nr + ROW_RESERVE < maxrows; i++) {
+    turn_t t = {L, 0, 0};
+    for (int i = 0; i < n && t.nr + ROW_RESERVE < L->maxrows; i++) {
         uint32_t e = evs[i].events;
         handle_event(&t, (int)(uint32_t)evs[i].data.u64, (int)(evs[i].data.u64 >> 32),
                      (e & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0, (e & EPOLLOUT) != 0);
     }
-    *nread += t.used;
+    L->nread += t.used;
     return t.nr;
 }
 
@@ -433,22 +440,19 @@ int pg_ctl(int pfd, int op, int fd, int kind, int readable, int writable)
     return 0;
 }
 
-int pg_poll(int pfd, void *evbuf, int maxev, int timeout_ms,
-            const unsigned char *fdflags, int nflags,
-            char *arena, int64_t arena_size, int64_t read_max,
-            const pg_codec *codec, int32_t *rows, int maxrows, int64_t *nread)
+int pg_poll(pg_loop *L, int timeout_ms)
 {
-    struct kevent *evs = evbuf;
+    struct kevent *evs = L->events;
     struct timespec ts = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000L};
-    int n = kevent(pfd, NULL, 0, evs, maxev, timeout_ms < 0 ? NULL : &ts);
+    int n = kevent(L->pfd, NULL, 0, evs, L->maxev, timeout_ms < 0 ? NULL : &ts);
     if (n < 0) return errno == EINTR ? 0 : -errno;
-    turn_t t = {fdflags, nflags, arena, arena_size, read_max, 0, codec, rows, maxrows, 0};
-    for (int i = 0; i < n && t.nr + ROW_RESERVE < maxrows; i++) {
+    turn_t t = {L, 0, 0};
+    for (int i = 0; i < n && t.nr + ROW_RESERVE < L->maxrows; i++) {
         uint64_t ud = (uint64_t)(uintptr_t)evs[i].udata;
         int rd = evs[i].filter == EVFILT_READ, wr = evs[i].filter == EVFILT_WRITE;
         handle_event(&t, (int)(uint32_t)ud, (int)(ud >> 32), rd, wr);
     }
-    *nread += t.used;
+    L->nread += t.used;
     return t.nr;
 }
 
@@ -483,9 +487,10 @@ int pg_wake(int wfd)
      PG_O_PTR (index into ptrs, length); PG_O_UINT_BE / PG_O_UINT_LE (value, width in bytes);
      PG_O_FRAME (offset, length) in `arena`, framed by the codec: a `hdr_width`-byte length
      prefix (little-endian when hdr_little) and/or the `suffix` bytes.
-   Writing a group stops at its first short write.  Returns the bytes written in all; each group
-   the kernel did not take whole is reported in `shortw` as (group index, bytes written or
-   -errno, bytes queued), `*nshort` of them: what is left is the caller's to keep. */
+   The sources and the codec's framing come from L.  Writing a group stops at its first short
+   write.  Returns the bytes written in all; each group the kernel did not take whole is reported
+   in L->shortw as (group index, bytes written or -errno, bytes queued), L->nshort of them (room
+   for one per group is the caller's to provide): what is left is the caller's to keep. */
 static void put_uint(unsigned char *dst, uint32_t v, int width, int little)
 {
     for (int i = 0; i < width; i++) {
@@ -494,12 +499,13 @@ static void put_uint(unsigned char *dst, uint32_t v, int width, int little)
     }
 }
 
-int64_t pg_flush(const int32_t *spec, int nspec, const char *arena, const char *scratch,
-                 char **ptrs, int hdr_width, int hdr_little, const char *suffix, int suffix_len,
-                 int64_t *shortw, int *nshort)
+int64_t pg_flush(pg_loop *L, const int32_t *spec, int nspec)
 {
+    const char *arena = L->arena, *scratch = L->scratch, *suffix = L->suffix;
+    char **ptrs = L->ptrs;
+    int hdr_width = L->hdr_width, hdr_little = L->hdr_little, suffix_len = L->suffix_len;
     int64_t sent = 0;
-    *nshort = 0;
+    L->nshort = 0;
     struct iovec iov[FLUSH_IOV];
     unsigned char hdr[FLUSH_IOV][8];
     int pos = 0, g = 0;
@@ -549,7 +555,7 @@ int64_t pg_flush(const int32_t *spec, int nspec, const char *arena, const char *
         }
         sent += written;
         if (written != total) {
-            int64_t *row = shortw + 3 * (*nshort)++;
+            int64_t *row = L->shortw + 3 * L->nshort++;
             row[0] = g; row[1] = err ? -(int64_t)err : written; row[2] = total;
         }
         g++;

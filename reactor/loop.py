@@ -18,7 +18,6 @@ import logging
 import os
 import ssl
 import threading
-from array import array
 from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable
@@ -104,7 +103,7 @@ class EventLoop:
         # counters read by metrics (plain ints on the hot path)
         self.accepted = 0
         self._rx = 0
-        self._nread: Any = None
+        self._L: Any = None           # the native pg_loop struct, once opened
         self.sent_bytes = 0
         self.backpressure_pauses = 0
         self.closed_by_reason: dict[str, int] = {}
@@ -195,18 +194,26 @@ class EventLoop:
         self._nflags = _fd_table_size()
         self._flags = ffi.new("unsigned char[]", self._nflags)
         self._short = ffi.new("int64_t[]", 3 * 1024)
-        self._nshort = ffi.new("int *")
         self._nsplit = ffi.new("int *")
-        self._nread = ffi.new("int64_t *")
-        self._codec = ffi.new("pg_codec *")
-        if self._native_spec is not None:
-            for key, value in self._native_spec.items():
-                if key == "delim":
-                    self._codec.delim_len = len(value)
-                    ffi.memmove(self._codec.delim, bytes(value), len(value))
-                else:
-                    setattr(self._codec, key, value)
         self._suffix_buf = ffi.new("char[]", self._suffix or b"\0")
+        # One struct carries all of the above to the glue: each call passes a single pointer.
+        L = self._L = ffi.new("pg_loop *")
+        L.pfd = self._poller.fd
+        L.events, L.maxev = self._events, MAX_EVENTS
+        L.fdflags, L.nflags = self._flags, self._nflags
+        L.arena, L.arena_size, L.read_max = self._arena, ARENA_SIZE, self._read_max
+        L.rows, L.maxrows = self._rows, MAX_ROWS
+        L.scratch, L.ptrs = self._scratch, self._ptrs
+        L.hdr_width, L.hdr_little = self._hdr_width, self._hdr_little
+        L.suffix, L.suffix_len = self._suffix_buf, len(self._suffix)
+        L.shortw = self._short
+        self._codec = ffi.addressof(L, "codec")
+        for key, value in (self._native_spec or {}).items():
+            if key == "delim":
+                self._codec.delim_len = len(value)
+                ffi.memmove(self._codec.delim, bytes(value), len(value))
+            else:
+                setattr(self._codec, key, value)
 
     def _add_listener(self, fd: int, nodelay: bool) -> None:
         if fd < self._nflags:
@@ -257,7 +264,7 @@ class EventLoop:
     @property
     def received_bytes(self) -> int:
         """Bytes read by this loop (arena reads counted natively, ring reads in Python)."""
-        return self._rx + (self._nread[0] if self._nread is not None else 0)
+        return self._rx + (self._L.nread if self._L is not None else 0)
 
     def in_loop_thread(self) -> bool:
         return self._thread_id == threading.get_ident()
@@ -321,9 +328,7 @@ class EventLoop:
             timeout = max(0, int((deadline - monotonic()) * 1000) + 1)
             if self._stopping and timeout > 100:
                 timeout = 100
-        nread = lib.pg_poll(self._poller.fd, self._events, MAX_EVENTS, timeout, self._flags, self._nflags,
-                            self._arena, ARENA_SIZE, self._read_max, self._codec, self._rows, MAX_ROWS,
-                            self._nread)
+        nread = lib.pg_poll(self._L, timeout)
         self.now = now = monotonic()
         if nread > 0:
             self._dispatch(nread)
@@ -677,16 +682,12 @@ class EventLoop:
             groups.append(conn)
             conn._last = now
         if groups:
-            short = self._short
-            if 3 * len(groups) > len(short):
-                self._short = short = ffi.new("int64_t[]", 3 * len(groups))
-            arr = array("i", spec)
-            self.sent_bytes += lib.pg_flush(
-                ffi.from_buffer("int32_t[]", arr), len(arr), self._arena, self._scratch, self._ptrs,
-                self._hdr_width, self._hdr_little, self._suffix_buf, len(self._suffix), short, self._nshort)
-            nshort = self._nshort[0]
+            if 3 * len(groups) > len(self._short):
+                self._short = self._L.shortw = ffi.new("int64_t[]", 3 * len(groups))
+            self.sent_bytes += lib.pg_flush(self._L, spec, len(spec))
+            nshort = self._L.nshort
             if nshort:
-                self._short_writes(groups, spec, ffi.unpack(short, 3 * nshort))
+                self._short_writes(groups, spec, ffi.unpack(self._short, 3 * nshort))
             for conn in finishing:
                 if conn._out is None and conn._state != CLOSED:
                     self._after_write(conn)
