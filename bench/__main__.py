@@ -20,6 +20,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     def save(records: list[dict]) -> None:
         results_json.write_text(json.dumps(records, indent=1, default=str))
 
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so every server started is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     records: list[dict] = []
     try:
         records = run_matrix(selected, names, args.reps, ctx, log_dir, server_pin, on_cell=save)
