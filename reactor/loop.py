@@ -90,6 +90,8 @@ class EventLoop:
         self.index = index
         self._conns: dict[int, Connection] = {}
         self._timers = TimerQueue()
+        self._deadline: float | None = None   # the earliest timer's deadline, kept current
+        self._turn_end = monotonic()
         self._inbox: deque[tuple] = deque()
         self._wake_pending = False
         self._thread_id: int | None = None
@@ -271,9 +273,14 @@ class EventLoop:
 
     def _schedule(self, timer: Timer) -> None:
         if self._thread_id is None or self._thread_id == threading.get_ident():
-            self._timers.push(timer)
+            self._push_timer(timer)
         else:
-            self._post(self._timers.push, timer)
+            self._post(self._push_timer, timer)
+
+    def _push_timer(self, timer: Timer) -> None:
+        self._timers.push(timer)
+        if self._deadline is None or timer.when < self._deadline:
+            self._deadline = timer.when
 
     def _post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue a call for the loop thread and wake it (one wake-up per burst)."""
@@ -319,14 +326,16 @@ class EventLoop:
             self._teardown()
 
     def _turn(self) -> None:
-        deadline = self._timers.next_deadline()
+        deadline = self._deadline      # earliest timer (a cancelled one just wakes us once)
         if self._inbox or self._dirty:
             timeout = 0
         elif deadline is None:
             timeout = 100 if self._stopping else -1
         else:
-            timeout = max(0, int((deadline - monotonic()) * 1000) + 1)
-            if self._stopping and timeout > 100:
+            timeout = int((deadline - self._turn_end) * 1000) + 1
+            if timeout < 0:
+                timeout = 0
+            elif self._stopping and timeout > 100:
                 timeout = 100
         nread = lib.pg_poll(self._L, timeout)
         self.now = now = monotonic()
@@ -340,7 +349,8 @@ class EventLoop:
             self._run_timers()
         if self._dirty:
             self._flush()
-        spent = monotonic() - now
+        self._turn_end = end = monotonic()
+        spent = end - now
         self.turn_counts[bisect.bisect_left(TURN_BUCKETS, spent)] += 1
         self.turn_sum += spent
         if self._slow and spent > self._slow and nread > 0:
@@ -882,6 +892,7 @@ class EventLoop:
 
     def _run_timers(self) -> None:
         now = monotonic()
+        self._deadline = None
         for timer in self._timers.pop_due(now):
             started = monotonic()
             try:
@@ -896,6 +907,7 @@ class EventLoop:
             if timer.interval and not timer.cancelled:
                 timer.when = max(timer.when + timer.interval, now)
                 self._timers.push(timer)
+        self._deadline = self._timers.next_deadline()
 
     def _sweep(self) -> None:
         """Periodic: idle timeouts, lingering closes, and dropping rings of quiet connections."""
