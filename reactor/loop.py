@@ -77,10 +77,6 @@ def _fd_table_size() -> int:
     return max(hard, 1024)
 
 
-class _BadInput(Exception):
-    """Internal: a connection sent bytes its protocol rejects."""
-
-
 class EventLoop:
     """One reactor thread.  Public: run_after, run_every, call_soon (all thread-safe), server,
     index, connection_count."""
@@ -98,7 +94,6 @@ class EventLoop:
         self._running = False
         self._stopping = False
         self._stop_deadline: float | None = None
-        self._closed = False
         self._dirty: list[Connection] = []
         self._lingering: set[Connection] = set()
         self.now = monotonic()
@@ -236,7 +231,6 @@ class EventLoop:
         lib.pg_close(self._wake_r)
         if self._wake_w != self._wake_r:
             lib.pg_close(self._wake_w)
-        self._closed = True
 
     # ------------------------------------------------------------------------------------
     # public, thread-safe scheduling
@@ -515,11 +509,18 @@ class EventLoop:
                 self._bad_input(conn, f"TLS error: {exc}", exc)
                 return
             self._enqueue(conn, tls.take_output())
-            if tls.closed_by_peer:
+            if tls.closed_by_peer:            # deliver what came with close_notify, then close
+                if plain:
+                    self._feed_plain(conn, memoryview(plain))
                 self._close(conn, None, "peer")
-            if not plain or conn._state != OPEN:
+                return
+            if not plain:
                 return
             view = memoryview(plain)
+        self._feed_plain(conn, view)
+
+    def _feed_plain(self, conn: Connection, view: memoryview) -> None:
+        """unpacket over plaintext: straight from the view, or behind leftovers in the ring."""
         ring = conn._in
         if ring is None or not len(ring):
             buf = ViewBuffer(view)
@@ -948,10 +949,6 @@ class EventLoop:
         if self._conns:
             return False
         return True
-
-    def _close_all_now(self) -> None:
-        for conn in list(self._conns.values()):
-            self._abort(conn, None, "stop")
 
 
 __all__ = ["EventLoop"]
