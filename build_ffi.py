@@ -546,7 +546,10 @@ int64_t pg_flush(pg_loop *L, const int32_t *spec, int nspec)
                     memset(&m, 0, sizeof m);
                     m.msg_iov = iov; m.msg_iovlen = (size_t)k;
                     ssize_t r;
-                    do { r = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT); } while (r < 0 && errno == EINTR);
+                    do {    /* one buffer: send() skips sendmsg's msghdr/iovec import */
+                        r = k == 1 ? send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT)
+                                   : sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+                    } while (r < 0 && errno == EINTR);
                     if (r < 0) { stop = 1; if (errno != EAGAIN && errno != EWOULDBLOCK) err = errno; }
                     else { written += r; if ((size_t)r < want) stop = 1; }
                 }

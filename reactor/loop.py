@@ -353,6 +353,11 @@ class EventLoop:
                         self.index, type(self._handler).__qualname__)
 
     def _dispatch(self, n: int) -> None:
+        """Hand this turn's rows to their connections.  Data rows take the shortest path the
+        protocol allows; everything else goes through `_on_event`."""
+        if self._mode == MODE_RAW:
+            self._dispatch_raw(n)
+            return
         rows = self._rows_mv[:4 * n].tolist()
         conns = self._conns
         arena = self._arena_mv
@@ -368,17 +373,18 @@ class EventLoop:
         conn: Any = None
         it = iter(rows)
         for fd, a, b, code in zip(it, it, it, it):
-            if fd != last_fd:
+            if fd != last_fd:          # frames of one read come in a run: look the fd up once
                 last_fd = fd
                 conn = conns.get(fd)
                 if conn is not None:
                     conn._last = now
-            if code <= 2:      # R_DATA / R_FRAME: the per-message path, kept short on purpose
-                if conn is None or conn._state:
-                    continue
-                if generic:
-                    self._feed(conn, arena[a:a + b])
-                    continue
+            if code > 2 or conn is None:
+                self._on_event(fd, a, b, code, conn)
+            elif conn._state:
+                continue
+            elif generic:
+                self._feed(conn, arena[a:a + b])
+            else:
                 view = arena[a:a + b]
                 try:
                     res = on_message(conn, None, view)
@@ -389,7 +395,7 @@ class EventLoop:
                         if parts is None:
                             conn._parts = [echo_kind, a, b]
                             dirty_append(conn)
-                        elif merge and parts[-2] + parts[-1] == a and parts[-3] == O_ARENA:
+                        elif merge and parts[-2] + parts[-1] == a and parts[-3] == echo_kind:
                             parts[-1] += b
                         else:
                             parts += (echo_kind, a, b)
@@ -397,28 +403,62 @@ class EventLoop:
                         self._send(conn, res, True)
                 except Exception as exc:
                     self._fail(conn, exc)
-            elif conn is None:
-                if code == R_ACCEPT:
-                    self.server._on_accept(self, a, b)
-                elif code == R_ACCEPT_ERROR:
-                    self.server._on_accept_error(self, fd, a)
-                # R_WAKE: the inbox is drained after the rows; rows of closed fds are dropped
-            elif code == R_PARTIAL:
-                if conn._state == OPEN:
-                    conn._last = now
-                    self._stash(conn, arena[a:a + b])
-                    self._split_ring(conn)
-            elif code == R_WRITABLE:
-                self._on_writable(conn)
-            elif code == R_READABLE:
-                if conn._state == OPEN:
-                    self._read_into_ring(conn)
-            elif code == R_EOF:
-                self._close(conn, None, "peer")
-            elif code == R_ERROR:
-                self._abort(conn, OSError(a, os.strerror(a)), "reset" if a in _RESET else "error")
-            elif code == R_FRAME_ERROR:
-                self._bad_input(conn, self._frame_error_text(a, b))
+
+    def _dispatch_raw(self, n: int) -> None:
+        """DefaultProtocol: one read is one message; a reply that is that view is queued as
+        its arena range.  (The same as `_dispatch`, minus what framing needs, per message.)"""
+        rows = self._rows_mv[:4 * n].tolist()
+        conns = self._conns
+        arena = self._arena_mv
+        now = self.now
+        on_message = self._on_message
+        dirty_append = self._dirty.append
+        it = iter(rows)
+        for fd, a, b, code in zip(it, it, it, it):
+            conn = conns.get(fd)
+            if code != R_DATA or conn is None:
+                self._on_event(fd, a, b, code, conn)
+            elif not conn._state:
+                conn._last = now
+                view = arena[a:a + b]
+                try:
+                    res = on_message(conn, None, view)
+                    if res is view:
+                        parts = conn._parts
+                        if parts is None:
+                            conn._parts = [O_ARENA, a, b]
+                            dirty_append(conn)
+                        else:
+                            parts += (O_ARENA, a, b)
+                    elif res is not None:
+                        self._send(conn, res, True)
+                except Exception as exc:
+                    self._fail(conn, exc)
+
+    def _on_event(self, fd: int, a: int, b: int, code: int, conn: Connection | None) -> None:
+        """Every row but a message: accepts, leftovers, writability, EOF, errors."""
+        if conn is None:
+            if code == R_ACCEPT:
+                self.server._on_accept(self, a, b)
+            elif code == R_ACCEPT_ERROR:
+                self.server._on_accept_error(self, fd, a)
+            # R_WAKE: the inbox is drained after the rows; rows of closed fds are dropped
+        elif code == R_PARTIAL:
+            if conn._state == OPEN:
+                self._stash(conn, self._arena_mv[a:a + b])
+                self._split_ring(conn)
+        elif code == R_WRITABLE:
+            self._on_writable(conn)
+        elif code == R_READABLE:
+            if conn._state == OPEN:
+                conn._last = self.now
+                self._read_into_ring(conn)
+        elif code == R_EOF:
+            self._close(conn, None, "peer")
+        elif code == R_ERROR:
+            self._abort(conn, OSError(a, os.strerror(a)), "reset" if a in _RESET else "error")
+        elif code == R_FRAME_ERROR:
+            self._bad_input(conn, self._frame_error_text(a, b))
 
     # ------------------------------------------------------------------------------------
     # input beyond the fast path
@@ -622,6 +662,7 @@ class EventLoop:
             self._queue(conn, (O_PTR, idx, n))
 
     def _queue(self, conn: Connection, part: tuple) -> None:
+        conn._last = self.now      # output counts as activity (echoes were stamped on reading)
         parts = conn._parts
         if parts is None:
             conn._parts = list(part)
@@ -672,7 +713,6 @@ class EventLoop:
         spec: list[int] = []
         groups = []
         finishing = []
-        now = self.now
         for conn in dirty:
             parts = conn._parts
             conn._parts = None
@@ -691,7 +731,6 @@ class EventLoop:
             spec += (conn._fd, len(parts) // 3)
             spec += parts
             groups.append(conn)
-            conn._last = now
         if groups:
             if 3 * len(groups) > len(self._short):
                 self._short = self._L.shortw = ffi.new("int64_t[]", 3 * len(groups))
