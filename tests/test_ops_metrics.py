@@ -35,6 +35,9 @@ def test_scrape_shows_the_connections_bytes_and_close_reasons_the_test_produced(
         for i, s in enumerate(socks):
             s.sendall(b"m" * (100 + i))
             assert recv_exactly(s, 100 + i) == b"m" * (100 + i)
+        # The loop adds a flush's bytes once sendmsg returns, which can be just after the client
+        # has the echo in hand: wait for the counters to settle (they must reach exactly 510).
+        wait_until(lambda: scrape(srv.metrics_address)["pygev_sent_bytes_total"] >= 510, what="sent bytes")
         during = scrape(srv.metrics_address)
         assert during["pygev_connections"] == 5
         assert during["pygev_connections_accepted_total"] == 5
