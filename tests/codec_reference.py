@@ -6,6 +6,7 @@ from typing import Any
 
 from reactor._reactor_native import ffi, lib
 
+from reactor.codec import DelimiterProtocol, FixedLengthProtocol, LengthFieldProtocol, LineProtocol
 from reactor.protocol import ProtocolError
 from ringbuf import RingBuffer, ViewBuffer
 
@@ -82,3 +83,20 @@ def native_frames(protocol: Any, stream: bytes) -> tuple[list[bytes], str | None
         assert done == -1
         return frames, error, -1
     return frames, None, len(stream) - done
+
+
+# Trivial subclasses: a server never splits a subclass in C, so these take the Python path.
+class PyLine(LineProtocol):
+    pass
+
+
+class PyDelimiter(DelimiterProtocol):
+    pass
+
+
+class PyFixed(FixedLengthProtocol):
+    pass
+
+
+class PyLengthField(LengthFieldProtocol):
+    pass

@@ -183,3 +183,18 @@ def run_python(code: str, env_extra: dict[str, str] | None = None, timeout: floa
                           text=True, timeout=timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
+
+
+# -- metrics -----------------------------------------------------------------------------------
+def scrape_metrics(address: Any, path: str = "/metrics") -> dict[str, float]:
+    """A Prometheus exposition as {sample name with labels: value}."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://{address[0]}:{address[1]}{path}", timeout=TIMEOUT) as resp:
+        assert resp.status == 200
+        text = resp.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples

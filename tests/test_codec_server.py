@@ -8,23 +8,9 @@ import random
 import pytest
 from support import EchoRecorder, closed_by_peer, connect, recv_exactly, serve
 
+from codec_reference import PyDelimiter, PyFixed, PyLengthField, PyLine
+
 from reactor.codec import DelimiterProtocol, FixedLengthProtocol, LengthFieldProtocol, LineProtocol
-
-
-class PyLine(LineProtocol):
-    pass
-
-
-class PyDelimiter(DelimiterProtocol):
-    pass
-
-
-class PyFixed(FixedLengthProtocol):
-    pass
-
-
-class PyLengthField(LengthFieldProtocol):
-    pass
 
 
 class Upper(EchoRecorder):

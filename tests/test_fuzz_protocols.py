@@ -13,26 +13,12 @@ from hypothesis import strategies as st
 from support import EchoRecorder, connect, recv_exactly, recv_to_eof, serve
 from websocket_frames import frame, upgrade_request
 
+from codec_reference import PyDelimiter, PyFixed, PyLengthField, PyLine
+
 from reactor.codec import DelimiterProtocol, FixedLengthProtocol, LengthFieldProtocol, LineProtocol
 from reactor.plugins.websocket import WebSocketProtocol
 
 READ_SIZE = 65536     # the server's read_buffer_size: one read may sit on top of a partial frame
-
-
-class PyLine(LineProtocol):
-    pass
-
-
-class PyDelimiter(DelimiterProtocol):
-    pass
-
-
-class PyFixed(FixedLengthProtocol):
-    pass
-
-
-class PyLengthField(LengthFieldProtocol):
-    pass
 
 
 LENGTH = {"length_field_length": 2, "initial_bytes_to_strip": 2, "max_frame_length": 64}

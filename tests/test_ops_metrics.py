@@ -7,24 +7,12 @@ import math
 import socket
 import urllib.error
 import urllib.request
-from typing import Any
 
 import pytest
 from support import TIMEOUT, EchoRecorder, connect, recv_exactly, serve, wait_until
+from support import scrape_metrics as scrape
 
 from reactor.metrics import add_stats, empty_stats
-
-
-def scrape(address: Any, path: str = "/metrics") -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{address[0]}:{address[1]}{path}", timeout=TIMEOUT) as resp:
-        assert resp.status == 200
-        text = resp.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
 
 
 def test_scrape_shows_the_connections_bytes_and_close_reasons_the_test_produced() -> None:

@@ -16,13 +16,13 @@ import struct
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from support import TIMEOUT, connect, recv_exactly, wait_until
+from support import scrape_metrics as scrape
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -150,19 +150,6 @@ def _recv_line(s: socket.socket) -> bytes:
         assert chunk, "EOF before a full line"
         buf += chunk
     return buf
-
-
-def scrape(metrics: Any) -> dict[str, float]:
-    """The exposition as {sample name with labels: value}."""
-    host, port = metrics[0], metrics[1]
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=TIMEOUT) as resp:
-        text = resp.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
 
 
 def wait_for_metrics(metrics: Any, expected: dict[str, float]) -> dict[str, float]:
