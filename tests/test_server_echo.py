@@ -281,11 +281,6 @@ def test_reply_types() -> None:
 
 
 def test_ipv6_loopback_address_is_a_four_tuple() -> None:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        pytest.skip("this machine has no IPv6 loopback")
     handler = EchoRecorder()
     with serve(handler, address="[::1]:0") as srv:
         assert len(srv.address) == 4 and srv.address[0] == "::1"
