@@ -175,6 +175,7 @@ int pg_close(int fd);
 int pg_shutdown_write(int fd);
 int pg_setsockopt_int(int fd, int level, int opt, int value);
 int pg_pending_error(int fd);
+int pg_parent_death_signal(int sig);
 """
 
 REACTOR_SRC = r"""
@@ -194,6 +195,7 @@ REACTOR_SRC = r"""
 #ifdef __linux__
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #else
 #include <sys/event.h>
 #include <sys/time.h>
@@ -574,6 +576,17 @@ int pg_setsockopt_int(int fd, int level, int opt, int value)
 {
     return setsockopt(fd, level, opt, &value, sizeof value) < 0 ? -errno : 0;
 }
+/* Linux: the kernel sends `sig` to this process when the thread that forked it exits. */
+int pg_parent_death_signal(int sig)
+{
+#ifdef __linux__
+    return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) < 0 ? -errno : 0;
+#else
+    (void)sig;
+    return -ENOSYS;
+#endif
+}
+
 int pg_pending_error(int fd)
 {
     int e = 0;

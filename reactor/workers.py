@@ -21,7 +21,6 @@ the parent's metrics address covers all workers.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import json
 import logging
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .metrics import Stats, add_stats, empty_stats
+from .poller import lib
 
 log = logging.getLogger("reactor.workers")
 
@@ -49,7 +49,6 @@ STOP_GRACE = 5.0
 #: With stop(None) a worker still flushing after this many seconds (+ STOP_GRACE) is killed.
 UNBOUNDED_STOP_LIMIT = 30.0
 _MAX_RESTART_DELAY = 5.0
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -457,13 +456,7 @@ class _WorkerChild:
 
 def _set_parent_death_signal(signum: int) -> None:
     """Linux: have the kernel send `signum` when the forking thread exits (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    lib.pg_parent_death_signal(int(signum))
 
 
 def _describe(status: int) -> str:
