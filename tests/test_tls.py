@@ -50,11 +50,15 @@ def test_tls_echo_is_byte_exact_for_small_and_large_messages() -> None:
             assert sock.version() is not None          # the handshake completed
             sock.sendall(b"hello over tls")
             assert recv_exactly(sock, 14) == b"hello over tls"
+            # An SSLSocket must not be read and written from two threads at once, so the 1 MiB
+            # goes in 64 KiB steps, each read back before the next is sent.
             payload = os.urandom(1 << 20)
-            sender = threading.Thread(target=sock.sendall, args=(payload,))
-            sender.start()
-            assert recv_exactly(sock, len(payload)) == payload
-            sender.join(10)
+            echoed = bytearray()
+            for start in range(0, len(payload), 65536):
+                chunk = payload[start:start + 65536]
+                sock.sendall(chunk)
+                echoed += recv_exactly(sock, len(chunk))
+            assert echoed == payload
 
 
 def test_codec_runs_above_tls() -> None:
