@@ -270,8 +270,9 @@ class Server:
             self._spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             if self._metrics_address is not None:
                 from .metrics import MetricsExporter
-                self._exporter = MetricsExporter(self)
-                self._exporter.start(self._metrics_address, self.metrics_path)
+                exporter = MetricsExporter(self)
+                exporter.start(self._metrics_address, self.metrics_path)
+                self._exporter = exporter       # published only once it has an address
         except BaseException:
             for loop in opened:
                 loop._teardown()

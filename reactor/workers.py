@@ -93,8 +93,9 @@ def _start_metrics(server: Any) -> None:
     if server._metrics_address is not None and server._exporter is None:
         from .metrics import MetricsExporter
 
-        server._exporter = MetricsExporter(server)
-        server._exporter.start(server._metrics_address, server.metrics_path)
+        exporter = MetricsExporter(server)
+        exporter.start(server._metrics_address, server.metrics_path)
+        server._exporter = exporter       # published only once it has an address
     server._ready.set()
 
 
