@@ -456,7 +456,7 @@ class EventLoop:
         elif code == R_EOF:
             self._close(conn, None, "peer")
         elif code == R_ERROR:
-            self._abort(conn, OSError(a, os.strerror(a)), "reset" if a in _RESET else "error")
+            self._abort_errno(conn, a)
         elif code == R_FRAME_ERROR:
             self._bad_input(conn, self._frame_error_text(a, b))
 
@@ -502,7 +502,7 @@ class EventLoop:
         elif res == 0:
             self._close(conn, None, "peer")
         elif -res not in _AGAIN:
-            self._abort(conn, OSError(-res, os.strerror(-res)), "reset" if -res in _RESET else "error")
+            self._abort_errno(conn, -res)
 
     def _split_ring(self, conn: Connection) -> None:
         """Split the built-in codec's frames out of the input ring with the native splitter."""
@@ -755,8 +755,7 @@ class EventLoop:
         for index, written, _total in zip(it, it, it):
             conn = groups[index]
             if written < 0:
-                err = -written
-                self._abort(conn, OSError(err, os.strerror(err)), "reset" if err in _RESET else "error")
+                self._abort_errno(conn, -written)
                 continue
             start = starts[index]
             self._spill(conn, spec[start:start + 3 * spec[start - 1]], written)
@@ -778,7 +777,7 @@ class EventLoop:
             self.sent_bytes += res
             conn._last = self.now
         elif res < 0 and -res not in _AGAIN:
-            self._abort(conn, OSError(-res, os.strerror(-res)), "reset" if -res in _RESET else "error")
+            self._abort_errno(conn, -res)
             return
         if len(ring):
             if conn._paused and len(ring) <= self._low:
@@ -883,6 +882,10 @@ class EventLoop:
             conn._reason = reason
         conn._state = CLOSING
         self._finish(conn)
+
+    def _abort_errno(self, conn: Connection, err: int) -> None:
+        """A socket call failed with `err`: close now with the OSError (a reset, or another error)."""
+        self._abort(conn, OSError(err, os.strerror(err)), "reset" if err in _RESET else "error")
 
     def _finish(self, conn: Connection) -> None:
         if conn._state == CLOSED:
