@@ -6,6 +6,8 @@ import gc
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -264,20 +266,27 @@ def test_stop_timeout_bounds_the_flush() -> None:
     assert open_fds() == fds_before
 
 
-def test_start_blocks_until_stop_from_another_thread() -> None:
-    srv = serve(EchoRecorder())
+@contextmanager
+def blocking_start(srv: Any) -> Iterator[threading.Thread]:
+    """srv.start() (which blocks) on a thread of its own; stopped and joined on the way out."""
     runner = threading.Thread(target=srv.start)
     runner.start()
     try:
         wait_until(lambda: srv.address is not None, what="the server to bind")
+        yield runner
+    finally:
+        srv.stop()
+        runner.join(TIMEOUT)
+
+
+def test_start_blocks_until_stop_from_another_thread() -> None:
+    srv = serve(EchoRecorder())
+    with blocking_start(srv) as runner:
         sock = connect(srv.address)
         with sock:
             sock.sendall(b"blocking start")
             assert recv_exactly(sock, 14) == b"blocking start"
         assert runner.is_alive()
-    finally:
-        srv.stop()
-        runner.join(TIMEOUT)
     assert not runner.is_alive(), "start() did not return after stop()"
 
 
@@ -294,17 +303,11 @@ def test_stop_from_inside_a_handler() -> None:
     handler = Quit()
     srv = serve(handler)
     handler.server = srv
-    runner = threading.Thread(target=srv.start)
-    runner.start()
-    try:
-        wait_until(lambda: srv.address is not None, what="the server to bind")
+    with blocking_start(srv) as runner:
         sock = connect(srv.address)
         with sock:
             sock.sendall(b"quit")
             assert recv_to_eof(sock) == b"bye"
         runner.join(TIMEOUT)
         assert not runner.is_alive(), "start() did not return after stop() from a handler"
-    finally:
-        srv.stop()
-        runner.join(TIMEOUT)
     assert handler.closes[id(handler.connected[0])] == [None]
