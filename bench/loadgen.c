@@ -23,7 +23,10 @@
  *           `size` bytes; the server must answer each with one unmasked, unfragmented binary frame
  *           holding the same payload (minimal length encoding, as every server does for one frame).
  *
- * Phases: connect everything (and handshake), warm up for --warmup seconds, measure for --duration
+ * Phases: connect everything (and handshake), then one round trip on every connection (so the server
+ * has accepted and answered each before the clock starts: a connection the kernel completed but the
+ * server had not accepted yet would otherwise stall its first requests for a SYN-ACK retransmit,
+ * ~1 s, inside the window), warm up for --warmup seconds, measure for --duration
  * seconds.  The server's CPU time (utime+stime from /proc/<pid>/stat) is read at both ends of the
  * measurement window, so CPU per message can be compared even when this client is the bottleneck.
  *
@@ -50,7 +53,7 @@
 
 enum mode { MODE_RAW, MODE_FRAMED, MODE_WS, MODE_GET, MODE_RPC };
 static const char *const MODE_NAMES[] = {"raw", "framed", "ws", "get", "rpc"};
-enum state { ST_CONNECTING, ST_HANDSHAKE, ST_READY, ST_RUNNING };
+enum state { ST_CONNECTING, ST_HANDSHAKE, ST_PRIMING, ST_READY, ST_RUNNING };
 
 /* RFC 6455 section 1.3 sample nonce and its accept value: a fixed, known-good test vector. */
 static const char WS_KEY[] = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -351,6 +354,12 @@ static int consume(conn_t *c, const unsigned char *p, size_t n, uint64_t now) {
     return completed;
 }
 
+/* One request whose reply makes the connection ready (phase 1). */
+static int start_priming(conn_t *c) {
+    c->state = ST_PRIMING;
+    return send_msgs(c, 1, now_ns());
+}
+
 static int start_handshake(conn_t *c) {
     char req[512];
     int n = snprintf(req, sizeof req,
@@ -390,10 +399,11 @@ static int read_handshake(conn_t *c) {
         fail("connection %d: data after the handshake response", c->id);
         return -1;
     }
-    c->state = ST_READY;
-    return 1;
+    return start_priming(c);
 }
 
+/* Read and check replies; a running connection sends one new message per reply.  Returns 1 when
+ * the priming reply arrived (the connection is ready), 0 otherwise, -1 on failure. */
 static int handle_read(conn_t *c, unsigned char *buf, size_t cap) {
     for (;;) {
         ssize_t n = read(c->fd, buf, cap);
@@ -407,6 +417,10 @@ static int handle_read(conn_t *c, unsigned char *buf, size_t cap) {
         uint64_t now = now_ns();
         int completed = consume(c, buf, (size_t)n, now);
         if (completed < 0) return -1;
+        if (completed && c->state == ST_PRIMING) {
+            c->state = ST_READY;
+            return 1;
+        }
         if (completed && send_msgs(c, completed, now) < 0) return -1;
         if ((size_t)n < cap) return 0;
     }
@@ -442,12 +456,7 @@ static int on_connected(conn_t *c) {
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     epoll_ctl(g_ep, EPOLL_CTL_MOD, c->fd, &ev);
     c->want_out = 0;
-    c->state = ST_READY;
-    if (g_mode == MODE_WS) {
-        if (start_handshake(c) < 0) return -1;
-        return 0;
-    }
-    return 1;
+    return g_mode == MODE_WS ? start_handshake(c) : start_priming(c);
 }
 
 static void usage(FILE *f) {
@@ -575,11 +584,12 @@ int main(int argc, char **argv) {
     int ready = 0;
     for (int i = 0; i < g_conns && !g_error[0]; i++) open_conn(&g_c[i], &sa);
 
-    /* phase 1: connect (and handshake) every connection */
+    /* phase 1: connect (and handshake) every connection, and make one round trip on it */
     while (!g_error[0] && ready < g_conns) {
         uint64_t now = now_ns();
         if (now >= deadline) {
-            fail("only %d of %d connections ready after %.1f s", ready, g_conns, g_connect_timeout);
+            fail("only %d of %d connections connected and answered a first request after %.1f s", ready,
+                 g_conns, g_connect_timeout);
             break;
         }
         int n = epoll_wait(g_ep, evs, 1024, (int)((deadline - now) / 1000000 + 1));
@@ -591,8 +601,11 @@ int main(int argc, char **argv) {
             } else if (c->state == ST_HANDSHAKE) {
                 if (evs[k].events & EPOLLOUT) r = flush_out(c);
                 if (r >= 0 && (evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) r = read_handshake(c);
+            } else if (c->state == ST_PRIMING) {
+                if (evs[k].events & EPOLLOUT) r = flush_out(c);
+                if (r >= 0 && (evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) r = handle_read(c, rbuf, rcap);
             } else if (c->state == ST_READY && (evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
-                fail("connection %d: server sent data or closed before any request", c->id);
+                fail("connection %d: server sent data or closed before the load started", c->id);
             }
             if (r > 0) ready++;
         }
