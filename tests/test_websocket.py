@@ -307,7 +307,7 @@ def test_state_and_packet_after_close():
     class Conn:
         protocol_state = None
 
-    proto = WebSocketProtocol()
+    proto = WebSocketProtocol(handshake_timeout=None)      # no loop to arm a deadline on
     conn = Conn()
     proto.connection_made(conn)
     assert isinstance(conn.protocol_state, WebSocketState) and not conn.protocol_state.open

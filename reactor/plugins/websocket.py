@@ -1,33 +1,54 @@
-"""WebSocket (RFC 6455) server protocol on wsproto, with a fast path for plain frames.
+"""WebSocket (RFC 6455) server protocol, with permessage-deflate (RFC 7692) and a fast path
+for plain frames.
 
 `Server(handler, protocol=WebSocketProtocol())`: the protocol answers the HTTP upgrade, pings
 and close frames itself and hands `on_message` one whole message: `str` for text, `bytes` for
 binary (ctx is None).  Returning or sending `str` sends a text frame, bytes-like a binary one.
 
-How the work is split: the handshake, control frames, fragmented and compressed messages go
-through wsproto (its H11Handshake and frame Connection).  A complete, final, unfragmented,
-uncompressed data frame - nearly every message in practice - is parsed here directly, which
-is several times cheaper than wsproto's per-frame path.  wsproto is only ever fed whole frames
-(or the rest of the frame it has begun), so both parsers always agree on where frames start.
+Options (all keyword, see `WebSocketProtocol`):
+
+- `max_message_size: int = 1 << 20` - a message over this many bytes (after reassembly and
+  inflation) is refused with close code 1009, as soon as that is known: from a frame header, or
+  while inflating (never more than this much is inflated).
+- `max_fragments: int = 1024` - frames one message may span; the next one closes with 1009.
+- `subprotocols: Iterable[str] = ()`, `on_request: RequestHook | None = None` - see below.
+- `compression: bool = False` - accept permessage-deflate when the client offers it.
+- `handshake_timeout: float | None = 10.0` - seconds from the TCP accept for the upgrade to
+  complete; past it the connection is closed.  None: no deadline.
+
+How the work is split: wsproto validates the HTTP upgrade request and builds the 101 response.
+Frames are parsed here: a complete, final, uncompressed text or binary frame (nearly every
+message in practice) is unmasked in one call and handed over; everything else (fragments,
+frames that arrive in pieces, compressed messages, control frames) goes through a streaming
+parser that consumes payload bytes as they arrive, so memory and work follow the bytes
+received: a message is accumulated in one bytearray, text is checked with an incremental UTF-8
+decoder (1007 as soon as the bytes cannot be valid UTF-8, even in the middle of a frame), and
+compressed data is inflated chunk by chunk with zlib's `max_length` bound.
+
+Closing: a protocol violation closes with 1002, invalid UTF-8 or undecodable compressed data
+with 1007, a message too big (or in too many fragments) with 1009; messages that arrived whole
+before the bad frame are still delivered.  When the server closes an open WebSocket itself
+(`conn.close()`, idle timeout, `server.stop()`), the `closing` hook sends a close frame first:
+1000, or 1001 "going away" for `server.stop()`.
 
 Note: `Handler.on_connect` runs when the TCP connection is accepted, before the upgrade; use
 `on_request` to see the upgrade request.  Plain HTTP requests (no `Upgrade: websocket`) are
 offered to `on_request` too, which may answer them (e.g. serve a page) with an HttpResponse.
+A request head over MAX_REQUEST_HEAD bytes is answered with 431, a malformed one with 400.
 """
 from __future__ import annotations
 
+import codecs
 import logging
-from collections import deque
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from wsproto.connection import Connection as WsConnection
-from wsproto.connection import ConnectionState, ConnectionType
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.connection import ConnectionType
+from wsproto.events import AcceptConnection
 from wsproto.events import Request as WsRequest
-from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
@@ -43,13 +64,20 @@ __all__ = ["HttpRequest", "HttpResponse", "WebSocketProtocol", "WebSocketState"]
 log = logging.getLogger("reactor.websocket")
 
 MAX_REQUEST_HEAD = 16384        # bytes of HTTP request line + headers accepted before the upgrade
-_COMPRESSED_FEED = 1024         # compressed bytes handed to wsproto at once: bounds inflated output
 _HANDSHAKE, _OPEN, _CLOSED = 0, 1, 2
 _FAST_TEXT, _FAST_BINARY = 0x81, 0x82   # FIN set, no RSV bits, text / binary opcode
+_TAIL = b"\x00\x00\xff\xff"             # the empty stored block RFC 7692 strips from each message
+_NEED, _NEXT = 0, 1                      # _step results: wait for bytes / made progress
 
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_DATA = 1007
 CLOSE_TOO_BIG = 1009
+
+# close codes a peer may send (RFC 6455 7.4, IANA registry); 1005, 1006 and 1015 are local-only
+_VALID_CLOSE = frozenset((1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)))
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 
 
 @dataclass
@@ -110,45 +138,198 @@ class HttpResponse:
 RequestHook = Callable[["Connection", HttpRequest], None | int | HttpResponse]
 
 
+class _Deflate:
+    """permessage-deflate parameters agreed for one connection, and its zlib streams.
+
+    in_*: what the client sends (we inflate), out_*: what we send (we deflate).  A stream is
+    created on first use and dropped after each message when its side has no context takeover.
+    """
+
+    __slots__ = ("compressor", "in_bits", "in_reset", "inflater", "out_bits", "out_reset", "response")
+
+    def __init__(self, response: str, in_bits: int, in_reset: bool, out_bits: int, out_reset: bool) -> None:
+        self.response = response        # the Sec-WebSocket-Extensions value we answered
+        self.in_bits = in_bits
+        self.in_reset = in_reset
+        self.out_bits = out_bits
+        self.out_reset = out_reset
+        self.inflater: Any = None
+        self.compressor: Any = None
+
+    def compress(self, payload: Any) -> memoryview:
+        """One message's compressed payload (sync-flushed, without the trailing empty block)."""
+        comp = self.compressor
+        if comp is None:
+            comp = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -self.out_bits)
+        out = comp.compress(payload) + comp.flush(zlib.Z_SYNC_FLUSH)
+        self.compressor = None if self.out_reset else comp
+        return memoryview(out)[:-4]
+
+
+_WINDOW_BITS = {str(bits): bits for bits in range(8, 16)}    # exactly "8".."15" (RFC 7692 7.1.2)
+
+
+def _deflate_offer(offer: str) -> dict[str, Any] | None:
+    """The parameters of one permessage-deflate offer, or None when this offer must be
+    declined (another extension, an unknown or repeated parameter, a bad value)."""
+    name, *params = (part.strip() for part in offer.split(";"))
+    if name != "permessage-deflate":
+        return None
+    out: dict[str, Any] = {}
+    for param in params:
+        key, eq, value = (s.strip() for s in param.partition("="))
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]                   # a quoted-string value (RFC 7692 7.1)
+        if key in out:
+            return None
+        if key in ("server_no_context_takeover", "client_no_context_takeover"):
+            if eq:
+                return None
+            out[key] = True
+        elif key == "server_max_window_bits":
+            if value not in _WINDOW_BITS:
+                return None
+            out[key] = _WINDOW_BITS[value]
+        elif key == "client_max_window_bits":
+            if not eq:
+                out[key] = True                   # "I can limit my window if you ask"
+            elif value in _WINDOW_BITS:
+                out[key] = _WINDOW_BITS[value]
+            else:
+                return None
+        else:
+            return None
+    return out
+
+
+def negotiate_deflate(offers: Iterable[str]) -> _Deflate | None:
+    """Accept the first acceptable permessage-deflate offer (RFC 7692 5, 7.1), or None.
+
+    The server honours every parameter the client asks for: no context takeover on either
+    side, and window sizes (a server window of 8 bits cannot be produced by zlib, so such an
+    offer is declined, as the RFC allows).  The client's window is not restricted beyond
+    what the client itself proposed.
+    """
+    for offer in offers:
+        params = _deflate_offer(offer)
+        if params is None:
+            continue
+        server_bits = params.get("server_max_window_bits")
+        if server_bits == 8:
+            continue
+        client_bits = params.get("client_max_window_bits")
+        response = ["permessage-deflate"]
+        if params.get("server_no_context_takeover"):
+            response.append("server_no_context_takeover")
+        if params.get("client_no_context_takeover"):
+            response.append("client_no_context_takeover")
+        if server_bits is not None:
+            response.append(f"server_max_window_bits={server_bits}")
+        if type(client_bits) is int:
+            response.append(f"client_max_window_bits={client_bits}")
+        return _Deflate("; ".join(response),
+                        in_bits=client_bits if type(client_bits) is int else 15,
+                        in_reset=bool(params.get("client_no_context_takeover")),
+                        out_bits=server_bits or 15,
+                        out_reset=bool(params.get("server_no_context_takeover")))
+    return None
+
+
+class _Deadline:
+    """The handshake deadline of one connection.  Holds the connection only until cancelled,
+    so a cancelled timer waiting in the loop's heap keeps nothing alive."""
+
+    __slots__ = ("conn", "timer")
+
+    def __init__(self, conn: Connection, delay: float) -> None:
+        self.conn: Connection | None = conn
+        self.timer = conn.loop.run_after(delay, self._expire, delay)
+
+    def cancel(self) -> None:
+        self.conn = None
+        self.timer.cancel()
+
+    def _expire(self, delay: float) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None or not conn.connected:
+            return
+        st = conn.protocol_state
+        if st is None or st.phase != _HANDSHAKE:
+            return
+        message = f"websocket upgrade not finished within {delay:g} s"
+        log.info("closing %r: %s", conn, message)
+        # TODO: conn.close(PeerTimeout(message, reason="handshake_timeout")) once reactor has
+        # PeerTimeout and close(error); until then the close is labelled "local"
+        conn.close()
+
+
 class WebSocketState:
     """Per-connection WebSocket state, kept in `conn.protocol_state`.
 
     Public, read-only for handlers: `open` (upgrade done, not closing), `request` (the upgrade
-    HttpRequest) and `subprotocol` (the one chosen, or None).
+    HttpRequest), `subprotocol` (the one chosen, or None), `compressed` (permessage-deflate
+    agreed) and `extensions` (the Sec-WebSocket-Extensions answer, or None).
     """
 
     __slots__ = (
         "closing",
-        "compressed",
+        "deadline",
+        "deflate",
         "early",
-        "messages",
-        "partial",
-        "partial_size",
-        "partial_text",
+        "fin",
+        "frames",
+        "in_size",
+        "left",
+        "mask",
+        "msg",
+        "msg_deflate",
+        "msg_op",
         "phase",
         "request",
+        "scanned",
         "subprotocol",
-        "ws",
-        "ws_left",
+        "utf8",
     )
 
     def __init__(self) -> None:
         self.phase = _HANDSHAKE
         self.request: HttpRequest | None = None
         self.subprotocol: str | None = None
-        self.ws: WsConnection | None = None       # wsproto frame layer, created when first needed
-        self.compressed = False                   # permessage-deflate negotiated
-        self.ws_left = 0                          # bytes of the frame wsproto has begun, not fed yet
-        self.partial: list[Any] | None = None     # pieces of a message wsproto is reassembling
-        self.partial_size = 0
-        self.partial_text = False
-        self.messages: deque[Any] = deque()       # whole messages waiting for on_message
+        self.deflate: _Deflate | None = None      # permessage-deflate, when agreed
+        self.deadline: _Deadline | None = None    # handshake deadline, until the upgrade
+        self.scanned = 0                          # head bytes already searched for its end
         self.closing: tuple[int | None, str, bool] | None = None  # (code, reason, is_error)
         self.early: list[bytes] | None = None     # frames sent before the upgrade completed
+        # the data frame being received (streaming parser)
+        self.left = 0                             # its payload bytes not received yet
+        self.mask = b""                           # its mask, rotated to the next payload byte
+        self.fin = False
+        # the message being received, across its frames
+        self.msg_op = 0                           # 0: none; 1 text, 2 binary
+        self.msg: bytearray | None = None         # its (inflated) bytes so far
+        self.msg_deflate = False                  # compressed (RSV1 on its first frame)
+        self.frames = 0                           # its frames so far
+        self.in_size = 0                          # its payload bytes on the wire (compressed)
+        self.utf8: Any = None                     # incremental UTF-8 check for a text message
 
     @property
     def open(self) -> bool:
         return self.phase == _OPEN and self.closing is None
+
+    @property
+    def compressed(self) -> bool:
+        return self.deflate is not None
+
+    @property
+    def extensions(self) -> str | None:
+        return self.deflate.response if self.deflate is not None else None
+
+    def end_message(self) -> None:
+        self.msg_op = 0
+        self.msg = None
+        self.utf8 = None
+        self.frames = 0
+        self.in_size = 0
 
 
 def _frame(opcode_byte: int, payload: Any) -> bytes:
@@ -201,39 +382,94 @@ def _parse_head(head: bytes) -> HttpRequest | None:
     return HttpRequest(parts[0].decode("latin-1"), parts[1].decode("latin-1"), headers)
 
 
-class WebSocketProtocol(Protocol):
-    """Server side of RFC 6455 (optionally with permessage-deflate), one whole message per
-    `on_message`.
+def _utf8_check(st: WebSocketState, data: Any, final: bool = False) -> str | None:
+    """Feed a text message's bytes to its incremental decoder; the error, or None when the
+    bytes so far can still begin valid UTF-8."""
+    dec = st.utf8
+    try:
+        dec.decode(data, final)
+    except UnicodeDecodeError as exc:
+        return exc.reason
+    pending = dec.getstate()[0]
+    # CPython waits for a third byte before refusing ED A0..BF (a UTF-16 surrogate): refuse now
+    if len(pending) >= 2 and pending[0] == 0xED and pending[1] >= 0xA0:
+        return "a surrogate code point"
+    return None
 
-    `max_message_size`: a message (after reassembly and decompression) over this many bytes is
-    refused with close code 1009, before it is buffered.  `subprotocols`: the ones this server
-    speaks; the first the client offers that is in this list is chosen.  `on_request(conn,
-    request)`: called with every HttpRequest; return None to accept an upgrade, or an int status
-    / HttpResponse to reject it (for plain requests: the response to send, None meaning 426).
-    `compression`: accept permessage-deflate when the client offers it.
+
+class WebSocketProtocol(Protocol):
+    """Server side of RFC 6455 (optionally with RFC 7692 permessage-deflate), one whole message
+    per `on_message`.
+
+    `max_message_size: int = 1 << 20`: a message (after reassembly and inflation) over this many
+    bytes is refused with close code 1009 as soon as its size is known; at most this much is
+    ever inflated.  `max_fragments: int = 1024`: frames one message may span (empty ones too);
+    one more closes with 1009, the code for "a message this server will not take" (1008 would
+    say a policy was broken; the remedy, fewer and bigger frames, is the one 1009 asks for).
+    `subprotocols: Iterable[str] = ()`: the ones this server speaks; the first the client offers
+    that is in this list is chosen.  `on_request: RequestHook | None = None`: called as
+    `on_request(conn, request)` with every HttpRequest; return None to accept an upgrade, or an
+    int status / HttpResponse to reject it (for plain requests: the response to send, None
+    meaning 426).  `compression: bool = False`: accept permessage-deflate when the client
+    offers it, with every parameter of RFC 7692 (context takeover and window sizes).
+    `handshake_timeout: float | None = 10.0`: seconds from the TCP accept within which the
+    upgrade must complete; then the connection is closed (a PeerTimeout with reason
+    "handshake_timeout").  None disables the deadline.
     """
 
     def __init__(self, max_message_size: int = 1 << 20, subprotocols: Iterable[str] = (),
-                 on_request: RequestHook | None = None, compression: bool = False) -> None:
+                 on_request: RequestHook | None = None, compression: bool = False, *,
+                 max_fragments: int = 1024, handshake_timeout: float | None = 10.0) -> None:
         if max_message_size <= 0:
             raise ValueError(f"max_message_size must be positive, got {max_message_size}")
+        if max_fragments <= 0:
+            raise ValueError(f"max_fragments must be positive, got {max_fragments}")
+        if handshake_timeout is not None and not handshake_timeout > 0:
+            raise ValueError(f"handshake_timeout must be positive or None, got {handshake_timeout}")
         self.max_message_size = max_message_size
+        self.max_fragments = max_fragments
         self.subprotocols = tuple(subprotocols)
         self.on_request = on_request
         self.compression = compression
-        # one frame (header + max payload) or a request head may wait in the buffer
+        self.handshake_timeout = handshake_timeout
+        # a request head (or a frame header) and one read may wait in the buffer; kept large
+        # for connections whose reading is paused with messages still buffered
         self.max_pending = max(Protocol.max_pending, max_message_size + MAX_REQUEST_HEAD + 64)
 
     # -- connection lifecycle ---------------------------------------------------------------
     def connection_made(self, conn: Connection) -> None:
-        conn.protocol_state = WebSocketState()
+        st = conn.protocol_state = WebSocketState()
+        if self.handshake_timeout is not None:
+            st.deadline = _Deadline(conn, self.handshake_timeout)
 
     def connection_lost(self, conn: Connection, error: BaseException | None) -> None:
         st = conn.protocol_state
         if st is not None:
             st.phase = _CLOSED
-            st.ws = None
-            st.messages.clear()
+            if st.deadline is not None:
+                st.deadline.cancel()
+                st.deadline = None
+            st.deflate = None
+            st.early = None
+            st.end_message()
+
+    def closing(self, conn: Connection, reason: str) -> None:
+        """The server is closing an open connection (reason "local", "idle", "stop", ...):
+        say goodbye with a close frame, 1001 for a server stop, else 1000.  Before the upgrade
+        completed nothing is sent (no request was answered yet, or it is being answered)."""
+        st: WebSocketState | None = conn.protocol_state
+        if st is None or st.phase != _OPEN:
+            return
+        st.phase = _CLOSED
+        st.end_message()
+        if reason == "stop":
+            frame = close_frame(CLOSE_GOING_AWAY, "server stopping")
+        else:
+            frame = close_frame(CLOSE_NORMAL)
+        try:
+            conn.send_raw(frame)
+        except ConnectionError:
+            pass
 
     # -- input ------------------------------------------------------------------------------
     def unpacket(self, conn: Connection, buffer: BufferReader) -> tuple[Any, Any] | None:
@@ -247,147 +483,230 @@ class WebSocketProtocol(Protocol):
                 return None
         limit = self.max_message_size
         while True:
-            if st.messages:
-                return None, st.messages.popleft()
             if st.closing is not None:
                 self._finish(conn, st, buffer)
                 return None
-            size = len(buffer)
-            if size < 2:
-                return None
-            if st.ws_left or st.partial is not None:
-                if not self._feed_wsproto(conn, st, buffer):
+            if not st.msg_op:           # no message under way: try the one-call path
+                size = len(buffer)
+                if size < 2:
                     return None
-                continue
-            view = buffer.peek_all()
-            b0 = view[0]
-            n = view[1]
-            if n & 0x80 and (b0 == _FAST_TEXT or b0 == _FAST_BINARY):
-                n &= 0x7F
-                if n < 126:
-                    start = 6
-                elif n == 126:
-                    if size < 8:
-                        return None
-                    n = int.from_bytes(view[2:4], "big")
-                    start = 8 if n >= 126 else 0              # non-minimal length: wsproto rejects
-                else:
-                    if size < 14:
-                        return None
-                    n = int.from_bytes(view[2:10], "big")
-                    start = 14 if 65536 <= n < 1 << 63 else 0
-                if start:
-                    if n > limit:
-                        st.closing = (CLOSE_TOO_BIG, f"message of {n} bytes exceeds {limit}", True)
-                        continue
+                view = buffer.peek_all()
+                b0 = view[0]
+                n = view[1]
+                if n & 0x80 and (b0 == _FAST_TEXT or b0 == _FAST_BINARY):
+                    n &= 0x7F
+                    if n < 126:
+                        start = 6
+                    elif n == 126:
+                        if size < 8:
+                            return None
+                        n = int.from_bytes(view[2:4], "big")
+                        start = 8 if n >= 126 else 0              # non-minimal: _step refuses it
+                    else:
+                        if size < 14:
+                            return None
+                        n = int.from_bytes(view[2:10], "big")
+                        start = 14 if 65536 <= n < 1 << 63 else 0
                     end = start + n
-                    if size < end:
-                        return None
-                    data = _unmask(view[start:end], view[start - 4:start])
-                    buffer.retrieve(end)
-                    if b0 == _FAST_BINARY:
-                        return None, data
-                    try:
-                        return None, data.decode("utf-8")
-                    except UnicodeDecodeError as exc:
-                        st.closing = (CLOSE_INVALID_DATA, f"invalid UTF-8 in a text message: {exc.reason}",
-                                      True)
-                        continue
-            if not self._feed_wsproto(conn, st, buffer):
+                    if start and n <= limit and end <= size:
+                        data = _unmask(view[start:end], view[start - 4:start])
+                        buffer.retrieve(end)
+                        if b0 == _FAST_BINARY:
+                            return None, data
+                        try:
+                            return None, data.decode("utf-8")
+                        except UnicodeDecodeError as exc:
+                            self._fail(st, CLOSE_INVALID_DATA, f"invalid UTF-8 in a text message: "
+                                                               f"{exc.reason}")
+                            continue
+                    del view
+            result = self._step(conn, st, buffer)
+            if result is _NEED:
                 return None
+            if result is not _NEXT:
+                return None, result
 
-    def _feed_wsproto(self, conn: Connection, st: WebSocketState, buffer: BufferReader) -> bool:
-        """Give wsproto (part of) the next frame; False when it needs bytes not yet buffered."""
-        if st.ws is None:
-            st.ws = WsConnection(ConnectionType.SERVER)
-        if not st.ws_left:
-            total = self._frame_extent(st, buffer)
-            if total == 0:
-                return st.closing is not None     # True: a too-big frame was refused
-            st.ws_left = total
-        take = min(len(buffer), st.ws_left)
-        if st.compressed and take > _COMPRESSED_FEED:
-            take = _COMPRESSED_FEED
-        if take == 0:
-            return False
-        data = buffer.read(take)
-        st.ws_left -= take
-        st.ws.receive_data(data)
-        self._collect(conn, st)
-        return True
+    def _fail(self, st: WebSocketState, code: int, reason: str) -> int:
+        st.closing = (code, reason, True)
+        st.end_message()
+        st.left = 0
+        return _NEXT
 
-    def _frame_extent(self, st: WebSocketState, buffer: BufferReader) -> int:
-        """Bytes of the frame at the front of `buffer` to feed wsproto, 0 if its header is
-        incomplete.  Headers wsproto will reject are fed alone, so it reports the error."""
+    def _step(self, conn: Connection, st: WebSocketState, buffer: BufferReader) -> Any:
+        """Streaming parser: consume one frame header, one control frame or the payload bytes
+        at hand.  Returns _NEED (more bytes needed), _NEXT (progress; call again) or a whole
+        message (str | bytes)."""
+        if st.left:
+            take = min(len(buffer), st.left)
+            if not take:
+                return _NEED
+            chunk = _unmask(buffer.peek(take), st.mask)
+            buffer.retrieve(take)
+            st.left -= take
+            if take & 3:
+                st.mask = st.mask[take & 3:] + st.mask[:take & 3]
+            if not self._data(st, chunk):
+                return _NEXT
+            return self._frame_done(st) if not st.left else _NEXT
         size = len(buffer)
-        b0 = buffer.peek_uint(1, 0)
-        b1 = buffer.peek_uint(1, 1)
-        if b0 is None or b1 is None:
-            return 0
+        if size < 2:
+            return _NEED
+        view = buffer.peek(14)
+        b0 = view[0]
+        b1 = view[1]
+        opcode = b0 & 0x0F
         n = b1 & 0x7F
         hlen = 2
         if n == 126:
+            if size < 4:
+                return _NEED
             hlen = 4
-            if size < hlen:
-                return 0
-            n = buffer.peek_uint(2, 2) or 0
+            n = int.from_bytes(view[2:4], "big")
             if n < 126:
-                return hlen
+                return self._fail(st, CLOSE_PROTOCOL_ERROR, "non-minimal payload length")
         elif n == 127:
+            if size < 10:
+                return _NEED
             hlen = 10
-            if size < hlen:
-                return 0
-            n = buffer.peek_uint(8, 2) or 0
+            n = int.from_bytes(view[2:10], "big")
             if n < 65536 or n >> 63:
-                return hlen
-        if not b1 & 0x80 or b0 & 0x70 and not st.compressed:
-            return hlen                                   # unmasked / reserved bits: wsproto rejects
-        # a data frame that cannot fit is refused before it is buffered; a compressed one may
-        # be slightly bigger than its content (incompressible data), the exact check follows
-        # inflation
-        limit = self.max_message_size - st.partial_size
-        if b0 & 0x40 and st.compressed:
-            limit = 2 * limit + 4096
-        if b0 & 0x0F < 3 and n > limit:
-            st.closing = (CLOSE_TOO_BIG, f"message of over {self.max_message_size} bytes", True)
-            return 0
-        return hlen + 4 + n
+                return self._fail(st, CLOSE_PROTOCOL_ERROR, "non-minimal or invalid payload length")
+        if not b1 & 0x80:
+            return self._fail(st, CLOSE_PROTOCOL_ERROR, "unmasked client frame")
+        if b0 & 0x30 or b0 & 0x40 and (st.deflate is None or opcode not in (1, 2)):
+            return self._fail(st, CLOSE_PROTOCOL_ERROR, "reserved bits set")
+        if opcode >= 8:
+            if opcode > 10:
+                return self._fail(st, CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+            if not b0 & 0x80:
+                return self._fail(st, CLOSE_PROTOCOL_ERROR, "fragmented control frame")
+            if n > 125:
+                return self._fail(st, CLOSE_PROTOCOL_ERROR, "control frame payload over 125 bytes")
+            end = hlen + 4 + n
+            if size < end:
+                return _NEED                      # a control frame is taken whole (<= 131 bytes)
+            view = buffer.peek(end)
+            payload = _unmask(view[hlen + 4:end], view[hlen:hlen + 4])
+            del view
+            buffer.retrieve(end)
+            self._control(conn, st, opcode, payload)
+            return _NEXT
+        if size < hlen + 4:
+            return _NEED                          # the mask has not arrived yet
+        if opcode == 0:
+            if not st.msg_op:
+                return self._fail(st, CLOSE_PROTOCOL_ERROR, "continuation frame without a message")
+            st.frames += 1
+            if st.frames > self.max_fragments:
+                return self._fail(st, CLOSE_TOO_BIG, f"message in over {self.max_fragments} frames")
+        elif opcode <= 2:
+            if st.msg_op:
+                return self._fail(st, CLOSE_PROTOCOL_ERROR, "new message inside a fragmented message")
+            st.msg_op = opcode
+            st.msg = bytearray()
+            st.frames = 1
+            st.in_size = 0
+            st.msg_deflate = bool(b0 & 0x40)
+            st.utf8 = _Utf8Decoder() if opcode == 1 else None
+            if st.msg_deflate:
+                assert st.deflate is not None
+                if st.deflate.inflater is None:
+                    st.deflate.inflater = zlib.decompressobj(-st.deflate.in_bits)
+        else:
+            return self._fail(st, CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+        assert st.msg is not None
+        limit = self.max_message_size
+        st.in_size += n
+        if st.msg_deflate:
+            # the wire size of a compressed message is bounded too (deflate barely grows
+            # incompressible data; this only stops a stream of empty blocks)
+            if st.in_size > 2 * limit + 4096:
+                return self._fail(st, CLOSE_TOO_BIG, f"compressed message of over {2 * limit + 4096} bytes")
+        elif st.in_size > limit:
+            return self._fail(st, CLOSE_TOO_BIG, f"message of over {limit} bytes")
+        st.mask = bytes(view[hlen:hlen + 4])
+        del view
+        buffer.retrieve(hlen + 4)
+        st.fin = bool(b0 & 0x80)
+        st.left = n
+        return _NEXT if n else self._frame_done(st)
 
-    def _collect(self, conn: Connection, st: WebSocketState) -> None:
-        """Turn wsproto's events into whole messages, pongs and close decisions."""
-        assert st.ws is not None
-        for event in st.ws.events():
-            if isinstance(event, (TextMessage, BytesMessage)):
-                data = event.data
-                if st.partial is None:
-                    st.partial = []
-                    st.partial_size = 0
-                    st.partial_text = isinstance(event, TextMessage)
-                st.partial.append(data)
-                st.partial_size += len(data.encode("utf-8")) if isinstance(data, str) else len(data)
-                if st.partial_size > self.max_message_size:
-                    st.closing = (CLOSE_TOO_BIG, f"message of over {self.max_message_size} bytes", True)
-                    return
-                if event.message_finished:
-                    joiner = "" if st.partial_text else b""
-                    st.messages.append(joiner.join(st.partial))
-                    st.partial = None
-                    st.partial_size = 0
-            elif isinstance(event, Ping):
-                conn.send_raw(_frame(0x8A, event.payload))
-            elif isinstance(event, CloseConnection):
-                if st.ws.state is ConnectionState.REMOTE_CLOSING:      # the peer's close frame
-                    code = None if event.code == 1005 else int(event.code)
-                    st.closing = (code, "", False)
-                else:                                                  # wsproto's ParseFailed
-                    st.closing = (int(event.code), event.reason or "protocol error", True)
+    def _data(self, st: WebSocketState, chunk: Any) -> bool:
+        """Payload bytes of the message under way: inflate (bounded), check UTF-8, keep."""
+        msg = st.msg
+        assert msg is not None
+        if st.msg_deflate:
+            assert st.deflate is not None
+            room = self.max_message_size - len(msg)
+            try:
+                chunk = st.deflate.inflater.decompress(chunk, room + 1)
+            except zlib.error as exc:
+                self._fail(st, CLOSE_INVALID_DATA, f"invalid compressed data: {exc}")
+                return False
+            if len(chunk) > room:
+                self._fail(st, CLOSE_TOO_BIG, f"message of over {self.max_message_size} bytes")
+                return False
+        if st.utf8 is not None and chunk:
+            error = _utf8_check(st, chunk)
+            if error is not None:
+                self._fail(st, CLOSE_INVALID_DATA, f"invalid UTF-8 in a text message: {error}")
+                return False
+        msg += chunk
+        return True
+
+    def _frame_done(self, st: WebSocketState) -> Any:
+        """A data frame's payload is complete; the message, when that was its last frame."""
+        if not st.fin:
+            return _NEXT
+        msg = st.msg
+        assert msg is not None
+        if st.msg_deflate:
+            deflate = st.deflate
+            assert deflate is not None
+            if not self._data(st, _TAIL):
+                return _NEXT
+            inflater = deflate.inflater
+            if inflater.eof:                      # the sender ended its stream (BFINAL)
+                if inflater.unused_data not in (b"", _TAIL):
+                    return self._fail(st, CLOSE_INVALID_DATA, "data after the end of the compressed stream")
+                deflate.inflater = None
+            elif deflate.in_reset:
+                deflate.inflater = None
+        if st.utf8 is not None:
+            error = _utf8_check(st, b"", True)
+            if error is not None:
+                return self._fail(st, CLOSE_INVALID_DATA, f"invalid UTF-8 in a text message: {error}")
+            data: Any = msg.decode("utf-8")
+        else:
+            data = bytes(msg)
+        st.end_message()
+        return data
+
+    def _control(self, conn: Connection, st: WebSocketState, opcode: int, payload: bytes) -> None:
+        """Ping: pong.  Pong: nothing.  Close: echo the peer's code, then close."""
+        if opcode == 9:
+            conn.send_raw(_frame(0x8A, payload))
+        elif opcode == 8:
+            if not payload:
+                st.closing = (None, "", False)
                 return
+            code = int.from_bytes(payload[:2], "big")
+            if len(payload) < 2 or code not in _VALID_CLOSE:
+                self._fail(st, CLOSE_PROTOCOL_ERROR, "invalid close frame")
+                return
+            try:
+                payload[2:].decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail(st, CLOSE_INVALID_DATA, "invalid UTF-8 in the close reason")
+                return
+            st.closing = (code, "", False)
 
     def _finish(self, conn: Connection, st: WebSocketState, buffer: BufferReader) -> None:
         """Send the close frame decided on, then close (or fail) the connection."""
         assert st.closing is not None
         code, reason, is_error = st.closing
         st.phase = _CLOSED
+        st.end_message()
         buffer.retrieve_all()
         try:
             conn.send_raw(close_frame(code, reason))
@@ -396,18 +715,23 @@ class WebSocketProtocol(Protocol):
         if is_error:
             raise ProtocolError(f"websocket closed with {code}: {reason}")
         conn.close()
-        return
 
     # -- handshake --------------------------------------------------------------------------
     def _handshake(self, conn: Connection, st: WebSocketState, buffer: BufferReader) -> bool:
         """Answer the HTTP request once its head is buffered; True when the upgrade is done."""
-        head = bytes(buffer.peek(MAX_REQUEST_HEAD + 4))
-        end = head.find(b"\r\n\r\n")
-        if end < 0:
+        window = buffer.peek(MAX_REQUEST_HEAD + 4)
+        start = max(0, st.scanned - 3)            # only bytes not searched before (and 3 back)
+        found = bytes(window[start:]).find(b"\r\n\r\n")
+        st.scanned = len(window)
+        if found < 0:
+            del window
             if len(buffer) > MAX_REQUEST_HEAD:
                 self._respond(conn, st, buffer, HttpResponse(431))
                 raise ProtocolError(f"HTTP request head over {MAX_REQUEST_HEAD} bytes")
             return False
+        end = start + found
+        head = bytes(window[:end + 4])
+        del window
         request = _parse_head(head[:end])
         if request is None:
             self._respond(conn, st, buffer, HttpResponse(400, "Bad Request"))
@@ -422,7 +746,7 @@ class WebSocketProtocol(Protocol):
             return False
         handshake = H11Handshake(ConnectionType.SERVER)
         try:
-            handshake.receive_data(head[:end + 4])
+            handshake.receive_data(head)
             events = list(handshake.events())
         except RemoteProtocolError as exc:
             hint = exc.event_hint
@@ -430,6 +754,9 @@ class WebSocketProtocol(Protocol):
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in getattr(hint, "headers", [])]
             self._respond(conn, st, buffer, HttpResponse(status, str(exc), headers))
             raise ProtocolError(f"bad WebSocket upgrade: {exc}") from None
+        except UnicodeError as exc:               # non-ASCII (or bad IDNA) in a header wsproto decodes
+            self._respond(conn, st, buffer, HttpResponse(400, "Bad Request"))
+            raise ProtocolError(f"bad WebSocket upgrade: undecodable header: {exc}") from None
         ws_request = next((e for e in events if isinstance(e, WsRequest)), None)
         if ws_request is None:
             self._respond(conn, st, buffer, HttpResponse(400, "Bad Request"))
@@ -442,25 +769,30 @@ class WebSocketProtocol(Protocol):
                 conn.close()
                 return False
         chosen = next((p for p in request.subprotocols if p in self.subprotocols), None)
-        extensions: list[Extension] = [PerMessageDeflate()] if self.compression else []
-        response = handshake.send(AcceptConnection(subprotocol=chosen, extensions=extensions))
+        deflate = negotiate_deflate(cast("list[str]", ws_request.extensions)) if self.compression else None
+        extra = [(b"Sec-WebSocket-Extensions", deflate.response.encode("ascii"))] if deflate else []
+        response = handshake.send(AcceptConnection(subprotocol=chosen, extra_headers=extra))
         buffer.retrieve(end + 4)
-        st.phase = _OPEN
+        self._upgraded(st)
         st.request = request
         st.subprotocol = chosen
-        if extensions and extensions[0].enabled():
-            st.compressed = True
-            st.ws = handshake.connection
+        st.deflate = deflate
         early, st.early = st.early, None
         conn.send_raw(response + b"".join(early) if early else response)
         return True
+
+    def _upgraded(self, st: WebSocketState, phase: int = _OPEN) -> None:
+        st.phase = phase
+        if st.deadline is not None:
+            st.deadline.cancel()
+            st.deadline = None
 
     def _respond(self, conn: Connection, st: WebSocketState, buffer: BufferReader,
                  response: HttpResponse | int) -> None:
         """Send a plain HTTP response (an int is a bare status) and stop reading the stream."""
         if isinstance(response, int):
             response = HttpResponse(response)
-        st.phase = _CLOSED
+        self._upgraded(st, _CLOSED)
         buffer.retrieve_all()
         conn.send_raw(response.to_bytes())
 
@@ -474,9 +806,10 @@ class WebSocketProtocol(Protocol):
         if st is None or st.phase == _CLOSED or st.closing is not None:
             log.debug("dropping a message sent on a closing WebSocket %r", conn)
             return b""
-        if st.compressed and st.ws is not None:
-            event = TextMessage(data=data) if text else BytesMessage(data=bytes(data))
-            frame = st.ws.send(event)
+        deflate = st.deflate
+        if deflate is not None:
+            payload = deflate.compress(data.encode("utf-8") if text else data)
+            frame = _frame(0xC1 if text else 0xC2, payload)
         else:
             frame = _frame(0x81, data.encode("utf-8")) if text else _frame(0x82, data)
         if st.phase == _HANDSHAKE:
