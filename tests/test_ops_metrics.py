@@ -12,7 +12,7 @@ import pytest
 from support import TIMEOUT, EchoRecorder, connect, recv_exactly, serve, wait_until
 from support import scrape_metrics as scrape
 
-from reactor.metrics import add_stats, empty_stats
+from reactor.metrics import CLOSE_REASONS, add_stats, empty_stats
 
 
 def test_scrape_shows_the_connections_bytes_and_close_reasons_the_test_produced() -> None:
@@ -107,3 +107,31 @@ def test_worker_stats_add_up_and_a_dead_worker_keeps_only_its_counters() -> None
     assert (total["received_bytes"], total["sent_bytes"], total["backpressure_pauses"]) == (11, 10, 1)
     assert total["turn_buckets"] == [(0.001, 5), (0.01, 7), (inf, 9)]
     assert (total["turn_sum"], total["turn_count"]) == (0.75, 9)
+
+
+def test_exported_sample_names_as_they_appear_in_the_scrape() -> None:
+    with serve(EchoRecorder(), metrics_address="127.0.0.1:0") as srv:
+        samples = scrape(srv.metrics_address)
+    assert {name.split("{")[0] for name in samples} == {
+        "pygev_connections",
+        "pygev_connections_accepted_total",
+        "pygev_connections_closed_total",
+        "pygev_received_bytes_total",
+        "pygev_sent_bytes_total",
+        "pygev_backpressure_pauses_total",
+        "pygev_loop_turn_seconds_bucket",
+        "pygev_loop_turn_seconds_count",
+        "pygev_loop_turn_seconds_sum",
+    }
+    reasons = {name for name in samples if name.startswith("pygev_connections_closed_total")}
+    assert reasons == {f'pygev_connections_closed_total{{reason="{r}"}}' for r in CLOSE_REASONS}
+
+
+def test_a_metrics_address_in_use_fails_the_start_naming_it() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(OSError, match=address):
+            with serve(EchoRecorder(), metrics_address=address):
+                pass
