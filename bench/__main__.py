@@ -2,9 +2,15 @@
 
 Examples:
     python -m bench                                  # every cell, every server, 3 reps of 3 s
-    python -m bench --quick                          # the whole matrix in about 2 minutes
-    python -m bench --cells raw64x50,framed --servers pygev,uvloop --reps 5
+    python -m bench --cells request                  # only the request / computed-reply cells
+    python -m bench --cells request --quick          # the same, 1 rep of 0.5 s: a check, not a result
+    python -m bench --quick                          # the whole matrix, 1 rep each, in a few minutes
+    python -m bench --cells 'get*,rpc50p16' --servers pygev,uvloop --reps 5 --duration 2
     python -m bench --list                           # cells, groups and servers
+
+The request / computed-reply cells (groups get, rpc, request: a handler that builds each reply from
+its request) run and are reported first; the echo cells (group echo) are the shortcut where the reply
+is the very bytes that were read.
 
 Each server runs pinned to one CPU (taskset -c 0) and the client to another (taskset -c 1). Servers of a
 cell are interleaved rep by rep; the table holds medians and the median per-rep ratio to uvloop. A
@@ -45,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cells",
         default="all",
-        help="comma-separated cell names, groups (raw, framed, ws, memory, resp, all) or glob "
-        "patterns such as 'resp-*-p16' (default: all)",
+        help="comma-separated cell names, groups (request = get + rpc, echo = raw + framed + ws, memory, "
+        "resp, all) or glob patterns such as 'resp-*-p16' (default: all)",
     )
     parser.add_argument(
         "--servers",
@@ -54,7 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated server names, in the order they run: {', '.join(server_names())} "
         f"(default: all; with --quick: {QUICK_SERVERS}). uvloop is the ratio baseline",
     )
-    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions per cell (default 3)")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="interleaved repetitions per cell (default 3; 1 with --quick)"
+    )
     parser.add_argument(
         "--duration", type=float, default=None, help="measured seconds per run (default 3; 0.5 with --quick)"
     )
@@ -67,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="short runs and the main servers only: the whole matrix in about 2 minutes",
+        help="1 rep, short runs and the main servers only: for checking that cells work, not for results",
     )
     parser.add_argument(
         "--memory-conns", type=int, default=10000, help="idle connections for the memory cell (default 10000)"
@@ -88,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     parser.add_argument("--list", action="store_true", help="list cells, groups and servers, then exit")
     args = parser.parse_args(argv)
+    if args.reps is None:
+        args.reps = 1 if args.quick else 3
     if args.duration is None:
         args.duration = 0.5 if args.quick else 3.0
     if args.warmup is None:
@@ -146,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         binary = loadgen.build()
     except RuntimeError as exc:
-        print(f"warning: {exc}; echo cells will fail", file=sys.stderr)
+        print(f"warning: {exc}; loadgen cells will fail", file=sys.stderr)
         binary = None
     ctx = RunContext(
         loadgen=binary,

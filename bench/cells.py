@@ -2,7 +2,11 @@
 
 Every `measure` returns a dict with "error" (None when fine) and, on success, "value" (the number the
 ratio to uvloop is taken on: msgs/s, or bytes per idle connection for the memory cell) plus whatever
-else the report shows (cpu_us per message, latency percentiles in microseconds).
+else the report shows (cpu_us per message, per_cpu_s messages per server CPU-second, latency
+percentiles in microseconds).
+
+The request / computed-reply cells (get, rpc) come first: a handler that builds each reply is what
+users write; the echo cells, where the reply is the very bytes that were read, are a shortcut.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class RunContext:
 @dataclass(frozen=True)
 class Cell:
     name: str
-    kind: str  # the server kind it runs against: raw, framed, ws, resp
+    kind: str  # the server kind it runs against: get, rpc, raw, framed, ws, resp
     title: str
     higher_is_better = True
     fresh_server = False  # start a new server process for every measurement
@@ -53,8 +57,8 @@ class Cell:
 
 
 @dataclass(frozen=True)
-class EchoCell(Cell):
-    """loadgen against an echo server: raw, framed or WebSocket."""
+class LoadgenCell(Cell):
+    """bench/loadgen.c in `mode` against a server of the cell's kind."""
 
     mode: str = "raw"
     conns: int = 50
@@ -84,6 +88,7 @@ class EchoCell(Cell):
             "value": out["msgs_per_s"],
             "mb_per_s": out["mb_per_s"],
             "cpu_us": out["server_cpu_us_per_msg"],
+            "per_cpu_s": out["msgs"] / out["server_cpu_s"] if out["server_cpu_s"] else None,
             "p50": lat["p50"],
             "p99": lat["p99"],
             "p999": lat["p999"],
@@ -96,6 +101,16 @@ class EchoCell(Cell):
             "stalled_conns": out["stalled_conns"],
             "raw": out,
         }
+
+
+@dataclass(frozen=True)
+class RequestCell(LoadgenCell):
+    """Request / computed reply: the handler builds each reply from its request (get, rpc modes)."""
+
+
+@dataclass(frozen=True)
+class EchoCell(LoadgenCell):
+    """The echo shortcut: the reply is the very bytes that were read (raw, framed or WebSocket)."""
 
 
 @dataclass(frozen=True)
@@ -219,27 +234,58 @@ def _resp_cells() -> list[Cell]:
     return cells
 
 
+def _request_cells() -> list[Cell]:
+    """The line GET and length-framed RPC services at three loads each; these lead the report."""
+    services = (
+        ("get", "line GET (12 B request, 37 B value + newline)"),
+        ("rpc", "length-framed RPC (8 B request, 36 B computed reply)"),
+    )
+    loads = ((50, 16), (50, 1), (1000, 4))
+    cells: list[Cell] = []
+    for mode, what in services:
+        for conns, pipeline in loads:
+            depth = f", {pipeline} pipelined" if pipeline > 1 else ""
+            cells.append(
+                RequestCell(
+                    f"{mode}{conns}" + (f"p{pipeline}" if pipeline > 1 else ""),
+                    mode,
+                    f"{what}, {conns} connections{depth}",
+                    mode=mode,
+                    conns=conns,
+                    pipeline=pipeline,
+                )
+            )
+    return cells
+
+
 CELLS: list[Cell] = [
-    EchoCell("raw64x1", "raw", "raw echo 64 B, 1 connection", conns=1),
-    EchoCell("raw64x50", "raw", "raw echo 64 B, 50 connections"),
-    EchoCell("raw64x1000", "raw", "raw echo 64 B, 1000 connections", conns=1000),
-    EchoCell("raw1kx50", "raw", "raw echo 1 KiB, 50 connections", size=1024),
-    EchoCell("raw16kx50", "raw", "raw echo 16 KiB, 50 connections", size=16384),
-    EchoCell("raw64x50p16", "raw", "raw echo 64 B, 50 connections, 16 pipelined", pipeline=16),
+    *_request_cells(),
+    EchoCell("raw64x1", "raw", "echo shortcut: raw 64 B, 1 connection", conns=1),
+    EchoCell("raw64x50", "raw", "echo shortcut: raw 64 B, 50 connections"),
+    EchoCell("raw64x1000", "raw", "echo shortcut: raw 64 B, 1000 connections", conns=1000),
+    EchoCell("raw1kx50", "raw", "echo shortcut: raw 1 KiB, 50 connections", size=1024),
+    EchoCell("raw16kx50", "raw", "echo shortcut: raw 16 KiB, 50 connections", size=16384),
+    EchoCell("raw64x50p16", "raw", "echo shortcut: raw 64 B, 50 connections, 16 pipelined", pipeline=16),
     EchoCell(
         "framed64x50p16",
         "framed",
-        "framed echo 64 B, 50 connections, 16 pipelined",
+        "echo shortcut: framed 64 B, 50 connections, 16 pipelined",
         mode="framed",
         pipeline=16,
     ),
-    EchoCell("framed1kx50", "framed", "framed echo 1 KiB, 50 connections", mode="framed", size=1024),
-    EchoCell("ws256x50", "ws", "WebSocket echo 256 B binary, 50 connections", mode="ws", size=256),
+    EchoCell(
+        "framed1kx50", "framed", "echo shortcut: framed 1 KiB, 50 connections", mode="framed", size=1024
+    ),
+    EchoCell("ws256x50", "ws", "echo shortcut: WebSocket 256 B binary, 50 connections", mode="ws", size=256),
     IdleMemoryCell("mem-idle", "raw", "server RSS per idle connection"),
     *_resp_cells(),
 ]
 
 GROUPS = {
+    "request": [c.name for c in CELLS if isinstance(c, RequestCell)],
+    "get": [c.name for c in CELLS if isinstance(c, RequestCell) and c.mode == "get"],
+    "rpc": [c.name for c in CELLS if isinstance(c, RequestCell) and c.mode == "rpc"],
+    "echo": [c.name for c in CELLS if isinstance(c, EchoCell)],
     "raw": [c.name for c in CELLS if isinstance(c, EchoCell) and c.mode == "raw"],
     "framed": [c.name for c in CELLS if isinstance(c, EchoCell) and c.mode == "framed"],
     "ws": [c.name for c in CELLS if isinstance(c, EchoCell) and c.mode == "ws"],

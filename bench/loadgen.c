@@ -2,9 +2,20 @@
  * loadgen.c - closed-loop TCP load generator for pygev's benchmark harness.
  *
  * One thread, epoll.  Every connection keeps `pipeline` messages in flight: each reply that comes
- * back completely sends one new message.  Every echoed byte is compared with what was sent.
+ * back completely sends one new message.  Every reply byte is compared with what it must be.
  *
- * Modes:
+ * Request / computed-reply modes (--size is ignored; connection i's request n uses key
+ * k = (37 i + n) mod 1000, so consecutive requests cycle through the keys):
+ *   get     the request is the line `GET keyNNNN\n` (NNNN = k, 4 digits); the reply must be the line
+ *           `value-NNNN-abcdefghijklmnopqrstuvwxyz\n` (37 bytes + newline) - examples/line_get.py's
+ *           store.  Each reply is compared whole, so a reply is counted at its newline and a
+ *           `NOT_FOUND` or a reply of the wrong length is an error.
+ *   rpc     the request is a frame: 4-byte big-endian length (8) + op u32 + arg u32 (big-endian),
+ *           op = 1 + (k & 1), arg = k * 2654435761 mod 2^32; the reply must be the frame: length (36) +
+ *           status u32 (0) + result u64 (op 1: arg + 1, op 2: arg * arg) + the 24-byte tail
+ *           `pygev-rpc-reply-tail-24b` - examples/rpc.py's service.  Header and body are compared.
+ *
+ * Echo modes:
  *   raw     the message is `size` payload bytes; the server returns the byte stream unchanged.
  *   framed  the message is a 4-byte big-endian length + `size` payload bytes; a framed echo server
  *           returns the same bytes.
@@ -12,7 +23,10 @@
  *           `size` bytes; the server must answer each with one unmasked, unfragmented binary frame
  *           holding the same payload (minimal length encoding, as every server does for one frame).
  *
- * Phases: connect everything (and handshake), warm up for --warmup seconds, measure for --duration
+ * Phases: connect everything (and handshake), then one round trip on every connection (so the server
+ * has accepted and answered each before the clock starts: a connection the kernel completed but the
+ * server had not accepted yet would otherwise stall its first requests for a SYN-ACK retransmit,
+ * ~1 s, inside the window), warm up for --warmup seconds, measure for --duration
  * seconds.  The server's CPU time (utime+stime from /proc/<pid>/stat) is read at both ends of the
  * measurement window, so CPU per message can be compared even when this client is the bottleneck.
  *
@@ -37,12 +51,17 @@
 #include <time.h>
 #include <unistd.h>
 
-enum mode { MODE_RAW, MODE_FRAMED, MODE_WS };
-enum state { ST_CONNECTING, ST_HANDSHAKE, ST_READY, ST_RUNNING };
+enum mode { MODE_RAW, MODE_FRAMED, MODE_WS, MODE_GET, MODE_RPC };
+static const char *const MODE_NAMES[] = {"raw", "framed", "ws", "get", "rpc"};
+enum state { ST_CONNECTING, ST_HANDSHAKE, ST_PRIMING, ST_READY, ST_RUNNING };
 
 /* RFC 6455 section 1.3 sample nonce and its accept value: a fixed, known-good test vector. */
 static const char WS_KEY[] = "dGhlIHNhbXBsZSBub25jZQ==";
 static const char WS_ACCEPT[] = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/* get / rpc: every request and its reply, per key; all requests of a mode have one size, all replies too */
+#define NKEYS 1000
+static const char RPC_TAIL[] = "pygev-rpc-reply-tail-24b";
 
 typedef struct conn {
     int fd;
@@ -70,6 +89,7 @@ static int g_mode = MODE_RAW;
 static size_t g_hdr_out, g_hdr_in, g_msg_out, g_msg_in;
 static unsigned char g_hdr_out_bytes[16], g_hdr_in_bytes[16];
 static unsigned char *g_pattern; /* size + 256 bytes; message payloads are windows into it */
+static unsigned char *g_req_tab, *g_rep_tab; /* get / rpc: NKEYS requests of g_msg_out, replies of g_msg_in */
 static const unsigned char WS_MASK[4] = {0x5a, 0xc3, 0x91, 0x2e};
 
 static conn_t *g_c;
@@ -163,6 +183,45 @@ static const unsigned char *payload_of(const conn_t *c, uint64_t seq) {
     return g_pattern + (size_t)((seq * 7u + (uint64_t)c->id * 13u) % 256u);
 }
 
+static int table_mode(void) { return g_mode == MODE_GET || g_mode == MODE_RPC; }
+
+static size_t key_of(const conn_t *c, uint64_t seq) {
+    return (size_t)(((uint64_t)c->id * 37u + seq) % NKEYS);
+}
+
+static void put_u32(unsigned char *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (24 - 8 * i));
+}
+
+/* Fill g_req_tab / g_rep_tab and the message sizes for the get or rpc mode. */
+static void build_tables(void) {
+    g_msg_out = g_mode == MODE_GET ? 12 : 4 + 8;
+    g_msg_in = g_mode == MODE_GET ? 38 : 4 + 36;
+    g_req_tab = malloc(NKEYS * g_msg_out);
+    g_rep_tab = malloc(NKEYS * g_msg_in);
+    for (uint32_t k = 0; k < NKEYS; k++) {
+        unsigned char *req = g_req_tab + k * g_msg_out, *rep = g_rep_tab + k * g_msg_in;
+        if (g_mode == MODE_GET) {
+            char tmp[64];
+            snprintf(tmp, sizeof tmp, "GET key%04u\n", k);
+            memcpy(req, tmp, g_msg_out);
+            snprintf(tmp, sizeof tmp, "value-%04u-abcdefghijklmnopqrstuvwxyz\n", k);
+            memcpy(rep, tmp, g_msg_in);
+        } else {
+            uint32_t op = 1 + (k & 1), arg = k * 2654435761u;
+            uint64_t result = op == 1 ? (uint64_t)arg + 1 : (uint64_t)arg * arg;
+            put_u32(req, 8);
+            put_u32(req + 4, op);
+            put_u32(req + 8, arg);
+            put_u32(rep, 36);
+            put_u32(rep + 4, 0);
+            put_u32(rep + 8, (uint32_t)(result >> 32));
+            put_u32(rep + 12, (uint32_t)result);
+            memcpy(rep + 16, RPC_TAIL, 24);
+        }
+    }
+}
+
 static size_t ws_header(unsigned char *h, size_t len, int masked) {
     size_t n = 0;
     h[n++] = 0x82; /* FIN + binary */
@@ -225,7 +284,9 @@ static int send_msgs(conn_t *c, int count, uint64_t now) {
         const unsigned char *src = payload_of(c, c->sent);
         memcpy(dst, g_hdr_out_bytes, g_hdr_out);
         dst += g_hdr_out;
-        if (g_mode == MODE_WS) {
+        if (table_mode()) {
+            memcpy(dst, g_req_tab + key_of(c, c->sent) * g_msg_out, g_msg_out);
+        } else if (g_mode == MODE_WS) {
             for (int i = 0; i < g_size; i++) dst[i] = src[i] ^ WS_MASK[i & 3];
         } else {
             memcpy(dst, src, (size_t)g_size);
@@ -252,7 +313,10 @@ static int consume(conn_t *c, const unsigned char *p, size_t n, uint64_t now) {
         while (i < take) { /* header part, then payload part */
             const unsigned char *want;
             size_t len;
-            if (off + i < g_hdr_in) {
+            if (table_mode()) {
+                want = g_rep_tab + key_of(c, c->done) * g_msg_in + off + i;
+                len = g_msg_in - (off + i);
+            } else if (off + i < g_hdr_in) {
                 want = g_hdr_in_bytes + off + i;
                 len = g_hdr_in - (off + i);
             } else {
@@ -263,8 +327,16 @@ static int consume(conn_t *c, const unsigned char *p, size_t n, uint64_t now) {
             if (memcmp(p + i, want, len) != 0) {
                 size_t j = 0;
                 while (p[i + j] == want[j]) j++;
-                fail("connection %d: reply %llu byte %zu is 0x%02x, expected 0x%02x", c->id,
-                     (unsigned long long)c->done, off + i + j, p[i + j], want[j]);
+                if (g_mode == MODE_GET) { /* show the line: it is text */
+                    size_t k = 0;
+                    while (i + j + k < n && k < 40 && p[i + j + k] != '\n') k++;
+                    fail("connection %d: reply %llu byte %zu is 0x%02x, expected 0x%02x (got \"%.*s\")",
+                         c->id, (unsigned long long)c->done, off + i + j, p[i + j], want[j], (int)k,
+                         (const char *)p + i + j);
+                } else {
+                    fail("connection %d: reply %llu byte %zu is 0x%02x, expected 0x%02x", c->id,
+                         (unsigned long long)c->done, off + i + j, p[i + j], want[j]);
+                }
                 return -1;
             }
             i += len;
@@ -280,6 +352,12 @@ static int consume(conn_t *c, const unsigned char *p, size_t n, uint64_t now) {
         }
     }
     return completed;
+}
+
+/* One request whose reply makes the connection ready (phase 1). */
+static int start_priming(conn_t *c) {
+    c->state = ST_PRIMING;
+    return send_msgs(c, 1, now_ns());
 }
 
 static int start_handshake(conn_t *c) {
@@ -321,10 +399,11 @@ static int read_handshake(conn_t *c) {
         fail("connection %d: data after the handshake response", c->id);
         return -1;
     }
-    c->state = ST_READY;
-    return 1;
+    return start_priming(c);
 }
 
+/* Read and check replies; a running connection sends one new message per reply.  Returns 1 when
+ * the priming reply arrived (the connection is ready), 0 otherwise, -1 on failure. */
 static int handle_read(conn_t *c, unsigned char *buf, size_t cap) {
     for (;;) {
         ssize_t n = read(c->fd, buf, cap);
@@ -338,6 +417,10 @@ static int handle_read(conn_t *c, unsigned char *buf, size_t cap) {
         uint64_t now = now_ns();
         int completed = consume(c, buf, (size_t)n, now);
         if (completed < 0) return -1;
+        if (completed && c->state == ST_PRIMING) {
+            c->state = ST_READY;
+            return 1;
+        }
         if (completed && send_msgs(c, completed, now) < 0) return -1;
         if ((size_t)n < cap) return 0;
     }
@@ -373,30 +456,26 @@ static int on_connected(conn_t *c) {
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     epoll_ctl(g_ep, EPOLL_CTL_MOD, c->fd, &ev);
     c->want_out = 0;
-    c->state = ST_READY;
-    if (g_mode == MODE_WS) {
-        if (start_handshake(c) < 0) return -1;
-        return 0;
-    }
-    return 1;
+    return g_mode == MODE_WS ? start_handshake(c) : start_priming(c);
 }
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: loadgen --port N [--host 127.0.0.1] [--conns 50] [--size 64] [--pipeline 1]\n"
-            "               [--duration 3] [--warmup 1] [--mode raw|framed|ws] [--server-pid PID]\n"
+            "               [--duration 3] [--warmup 1] [--mode raw|framed|ws|get|rpc] [--server-pid PID]\n"
             "               [--connect-timeout 10]\n");
 }
 
 static void print_json(double window, uint64_t msgs, double scpu, double ccpu, uint64_t min_c, uint64_t max_c,
                        int stalled, int connected) {
     double rate = window > 0 ? (double)msgs / window : 0.0;
-    printf("{\"mode\": \"%s\", \"conns\": %d, \"connected\": %d, \"size\": %d, \"pipeline\": %d, "
+    printf("{\"mode\": \"%s\", \"conns\": %d, \"connected\": %d, \"size\": %d, \"request_bytes\": %zu, "
+           "\"reply_bytes\": %zu, \"pipeline\": %d, "
            "\"warmup_s\": %.3f, \"window_s\": %.6f, \"msgs\": %llu, \"msgs_per_s\": %.1f, \"mb_per_s\": %.3f, "
            "\"lat_us\": {\"p50\": %.2f, \"p99\": %.2f, \"p999\": %.2f, \"mean\": %.2f, \"max\": %.2f}, ",
-           g_mode == MODE_RAW ? "raw" : g_mode == MODE_FRAMED ? "framed" : "ws", g_conns, connected, g_size,
-           g_pipeline, g_warmup, window, (unsigned long long)msgs, rate, rate * g_size / 1e6, percentile_us(0.50),
-           percentile_us(0.99), percentile_us(0.999), g_hist_n ? g_lat_sum / (double)g_hist_n / 1000.0 : 0.0,
+           MODE_NAMES[g_mode], g_conns, connected, g_size, g_msg_out, g_msg_in, g_pipeline, g_warmup, window,
+           (unsigned long long)msgs, rate, rate * g_size / 1e6, percentile_us(0.50), percentile_us(0.99),
+           percentile_us(0.999), g_hist_n ? g_lat_sum / (double)g_hist_n / 1000.0 : 0.0,
            (double)g_lat_max / 1000.0);
     if (scpu >= 0)
         printf("\"server_cpu_s\": %.3f, \"server_cpu_us_per_msg\": %.4f, ", scpu,
@@ -440,6 +519,8 @@ int main(int argc, char **argv) {
             if (!strcmp(optarg, "raw")) g_mode = MODE_RAW;
             else if (!strcmp(optarg, "framed")) g_mode = MODE_FRAMED;
             else if (!strcmp(optarg, "ws")) g_mode = MODE_WS;
+            else if (!strcmp(optarg, "get")) g_mode = MODE_GET;
+            else if (!strcmp(optarg, "rpc")) g_mode = MODE_RPC;
             else { usage(stderr); return 2; }
             break;
         default: usage(o == '?' ? stdout : stderr); return 2;
@@ -459,8 +540,13 @@ int main(int argc, char **argv) {
         g_hdr_out = ws_header(g_hdr_out_bytes, (size_t)g_size, 1);
         g_hdr_in = ws_header(g_hdr_in_bytes, (size_t)g_size, 0);
     }
-    g_msg_out = g_hdr_out + (size_t)g_size;
-    g_msg_in = g_hdr_in + (size_t)g_size;
+    if (table_mode()) {
+        build_tables();
+        g_size = (int)g_msg_in; /* "size" and mb_per_s count reply bytes */
+    } else {
+        g_msg_out = g_hdr_out + (size_t)g_size;
+        g_msg_in = g_hdr_in + (size_t)g_size;
+    }
     g_pattern = malloc((size_t)g_size + 256);
     uint32_t x = 2463534242u; /* xorshift: fixed, non-repeating-looking bytes */
     for (int i = 0; i < g_size + 256; i++) {
@@ -498,11 +584,12 @@ int main(int argc, char **argv) {
     int ready = 0;
     for (int i = 0; i < g_conns && !g_error[0]; i++) open_conn(&g_c[i], &sa);
 
-    /* phase 1: connect (and handshake) every connection */
+    /* phase 1: connect (and handshake) every connection, and make one round trip on it */
     while (!g_error[0] && ready < g_conns) {
         uint64_t now = now_ns();
         if (now >= deadline) {
-            fail("only %d of %d connections ready after %.1f s", ready, g_conns, g_connect_timeout);
+            fail("only %d of %d connections connected and answered a first request after %.1f s", ready,
+                 g_conns, g_connect_timeout);
             break;
         }
         int n = epoll_wait(g_ep, evs, 1024, (int)((deadline - now) / 1000000 + 1));
@@ -514,8 +601,11 @@ int main(int argc, char **argv) {
             } else if (c->state == ST_HANDSHAKE) {
                 if (evs[k].events & EPOLLOUT) r = flush_out(c);
                 if (r >= 0 && (evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) r = read_handshake(c);
+            } else if (c->state == ST_PRIMING) {
+                if (evs[k].events & EPOLLOUT) r = flush_out(c);
+                if (r >= 0 && (evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) r = handle_read(c, rbuf, rcap);
             } else if (c->state == ST_READY && (evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
-                fail("connection %d: server sent data or closed before any request", c->id);
+                fail("connection %d: server sent data or closed before the load started", c->id);
             }
             if (r > 0) ready++;
         }

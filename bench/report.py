@@ -10,7 +10,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from bench.cells import Cell, EchoCell, IdleMemoryCell, RespCell
+from bench.cells import Cell, EchoCell, IdleMemoryCell, RequestCell, RespCell
 from bench.servers import BASELINE, ROOT
 
 CLIENT_BOUND = 0.95  # client CPU use over the window above which the client, not the server, limited the rate
@@ -65,6 +65,8 @@ def aggregate(records: list[dict], cells: list[Cell]) -> list[dict]:
                     "ratio": _rep_ratio(ok, baseline, "value"),
                     "cpu_us": _median([r.get("cpu_us") for r in ok]),
                     "cpu_ratio": _rep_ratio(ok, baseline, "cpu_us"),
+                    "per_cpu_s": _median([r.get("per_cpu_s") for r in ok]),
+                    "per_cpu_ratio": _rep_ratio(ok, baseline, "per_cpu_s"),
                     "busy": _median([r.get("server_busy") for r in ok]),
                     "p50": _median([r.get("p50") for r in ok]),
                     "p99": _median([r.get("p99") for r in ok]),
@@ -127,19 +129,25 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def _load_table(rows: list[dict], what: str) -> list[str]:
+def _load_table(rows: list[dict], what: str, per_cpu: bool = False) -> list[str]:
+    """Throughput rows; with `per_cpu`, messages per server CPU-second (higher is better) and its
+    ratio to uvloop come right after the rate, ahead of CPU per message."""
     unit = what.split("/")[0].rstrip("s")
+    efficiency = f" {unit}s per server CPU-s | vs uvloop |" if per_cpu else ""
     lines = [
-        f"| cell | server | {what} | vs uvloop | server CPU us/{unit} | CPU vs uvloop | server busy "
-        "| p50 us | p99 us | p99.9 us | notes |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        f"| cell | server | {what} | vs uvloop |{efficiency} server CPU us/{unit} | CPU vs uvloop "
+        "| server busy | p50 us | p99 us | p99.9 us | notes |",
+        "|---|---|--:|--:|" + ("--:|--:|" if per_cpu else "") + "--:|--:|--:|--:|--:|--:|---|",
     ]
     for row in rows:
+        efficiency = (
+            f" {_fmt(row['per_cpu_s'], ',.0f')} | {_ratio(row['per_cpu_ratio'])} |" if per_cpu else ""
+        )
         lines.append(
             f"| {row['cell']} | {row['label']} | {_fmt(row['value'], ',.0f')} | {_ratio(row['ratio'])} "
-            f"| {_fmt(row['cpu_us'], '.2f')} | {_ratio(row['cpu_ratio'])} | {_fmt(row['busy'], '.0%')} "
-            f"| {_fmt(row['p50'], ',.0f')} | {_fmt(row['p99'], ',.0f')} | {_fmt(row['p999'], ',.0f')} "
-            f"| {row['notes']} |"
+            f"|{efficiency} {_fmt(row['cpu_us'], '.2f')} | {_ratio(row['cpu_ratio'])} "
+            f"| {_fmt(row['busy'], '.0%')} | {_fmt(row['p50'], ',.0f')} | {_fmt(row['p99'], ',.0f')} "
+            f"| {_fmt(row['p999'], ',.0f')} | {row['notes']} |"
         )
     return lines
 
@@ -161,6 +169,7 @@ def _memory_table(rows: list[dict]) -> list[str]:
 def markdown(rows: list[dict], cells: list[Cell], settings: dict, command: str, charts: list[str]) -> str:
     """The whole RESULTS.md text."""
     by_type = {
+        "request": [r for r in rows if isinstance(_cell(cells, r), RequestCell)],
         "echo": [r for r in rows if isinstance(_cell(cells, r), EchoCell)],
         "resp": [r for r in rows if isinstance(_cell(cells, r), RespCell)],
         "memory": [r for r in rows if isinstance(_cell(cells, r), IdleMemoryCell)],
@@ -181,19 +190,41 @@ def markdown(rows: list[dict], cells: list[Cell], settings: dict, command: str, 
         f" {settings['duration']} s measured after {settings['warmup']} s warm-up per run",
         "",
         "How to read: *vs uvloop* is the median over reps of the server's rate divided by the uvloop"
-        " baseline's rate in the same rep (raw cells: uvloop Protocol raw echo; framed: the uvloop"
-        " framed-echo peer; ws: the websockets library on uvloop; resp: the uvloop RESP peer; memory:"
-        " lower is better)."
+        " baseline's rate in the same rep (get and rpc cells: the uvloop Protocol peer of the same"
+        " service; raw cells: uvloop Protocol raw echo; framed: the uvloop framed-echo peer; ws: the"
+        " websockets library on uvloop; resp: the uvloop RESP peer; memory: lower is better)."
         " *Server CPU per message* is the server's utime+stime over the measurement window divided by"
         " the messages in it (10 ms clock ticks), which still compares servers when the client is the"
-        " bottleneck; *server busy* is that CPU time over the window (below ~90%: the server was not"
+        " bottleneck (*msgs per server CPU-s* is its inverse, and its ratio is taken the same way);"
+        " *server busy* is that CPU time over the window (below ~90%: the server was not"
         " the limit - the client or other load on the machine was)."
         " Latencies are the load generator's round trips (p99.9 is not reported by redis-benchmark).",
         "",
     ]
+    if by_type["request"]:
+        out += [
+            "## Request / computed reply: line GET and length-framed RPC (bench/loadgen.c)",
+            "",
+            "The handler computes every reply from its request, as users' handlers do: `get` is"
+            " examples/line_get.py (`GET keyNNNN` lines, LineProtocol, a dict lookup per request),"
+            " `rpc` is examples/rpc.py (LengthFieldProtocol, 8-byte request, 36-byte reply built with"
+            " `struct`); the asyncio and uvloop peers (bench/peers/line_get_server.py, rpc_server.py)"
+            " split each read with CPython's C primitives and answer it in one write.",
+            "",
+            *_load_table(by_type["request"], "msgs/s", per_cpu=True),
+            "",
+        ]
+        out += [
+            "Cells: " + "; ".join(f"`{c.name}` {c.title}" for c in cells if isinstance(c, RequestCell)),
+            "",
+        ]
     if by_type["echo"]:
         out += [
-            "## Echo, framed echo and WebSocket echo (bench/loadgen.c)",
+            "## Echo shortcut: raw, framed and WebSocket echo (bench/loadgen.c)",
+            "",
+            "The reply is the message that was read: for raw and framed echo pygev sends the input"
+            " view back without touching it, so these cells measure the I/O path more than a"
+            " handler's work.",
             "",
             *_load_table(by_type["echo"], "msgs/s"),
             "",

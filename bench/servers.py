@@ -1,7 +1,8 @@
 """The servers under test: a registry of command lines per workload kind, and a process wrapper.
 
-Kinds: "raw" (echo), "framed" (4-byte big-endian length-framed echo), "ws" (WebSocket echo) and
-"resp" (Redis protocol).  Every kind has a "uvloop" entry: the baseline its ratios are taken against.
+Kinds: "get" (the line GET service of examples/line_get.py), "rpc" (the length-framed RPC service of
+examples/rpc.py), "raw" (echo), "framed" (4-byte big-endian length-framed echo), "ws" (WebSocket echo)
+and "resp" (Redis protocol).  Every kind has a "uvloop" entry: the baseline its ratios are taken against.
 """
 
 from __future__ import annotations
@@ -56,33 +57,31 @@ def _py(script: Path, *args: str) -> tuple[str, ...]:
     return (PY, str(script), "--port", "{port}", *args)
 
 
+LOOPS = ("asyncio", "uvloop")
+
+
+def _peer(loop: str, kind: str, label: str, script: Path, *extra: str, suffix: str = "") -> ServerSpec:
+    """A peer script on `loop`, named after the loop (+ suffix), labelled "<loop> <label>"."""
+    modules = ("uvloop",) if loop == "uvloop" else ()
+    return ServerSpec(loop + suffix, kind, f"{loop} {label}", _py(script, "--loop", loop, *extra), modules)
+
+
 def _peer_pairs() -> list[ServerSpec]:
     specs = []
     for kind, extra in (("raw", ()), ("framed", ("--framed",))):
-        for loop in ("asyncio", "uvloop"):
-            modules = ("uvloop",) if loop == "uvloop" else ()
+        for loop in LOOPS:
+            specs.append(_peer(loop, kind, "Protocol", PEERS / "protocol_echo.py", *extra))
             specs.append(
-                ServerSpec(
-                    loop,
-                    kind,
-                    f"{loop} Protocol",
-                    _py(PEERS / "protocol_echo.py", "--loop", loop, *extra),
-                    modules,
-                )
-            )
-            specs.append(
-                ServerSpec(
-                    f"{loop}-buffered",
-                    kind,
-                    f"{loop} BufferedProtocol",
-                    _py(PEERS / "buffered_echo.py", "--loop", loop, *extra),
-                    modules,
-                )
+                _peer(loop, kind, "BufferedProtocol", PEERS / "buffered_echo.py", *extra, suffix="-buffered")
             )
     return specs
 
 
 SERVERS: list[ServerSpec] = [
+    ServerSpec("pygev", "get", "pygev examples/line_get.py", _py(ROOT / "examples" / "line_get.py")),
+    *(_peer(loop, "get", "Protocol", PEERS / "line_get_server.py") for loop in LOOPS),
+    ServerSpec("pygev", "rpc", "pygev examples/rpc.py", _py(ROOT / "examples" / "rpc.py")),
+    *(_peer(loop, "rpc", "Protocol", PEERS / "rpc_server.py") for loop in LOOPS),
     ServerSpec("pygev", "raw", "pygev examples/echo.py", _py(ROOT / "examples" / "echo.py")),
     ServerSpec("pygev", "framed", "pygev examples/protocol.py", _py(ROOT / "examples" / "protocol.py")),
     ServerSpec(
