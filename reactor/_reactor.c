@@ -202,8 +202,15 @@ static void handle_event(turn_t *t, int fd, int kind, int readable, int writable
                         int64_t at = t->used;
                         t->used += r;
                         if (L->codec.type) {
+                            int first = nr;
                             int64_t done = split_frames(&L->codec, (unsigned char *)L->arena + at, r, fd, at,
                                                         rows, &nr, L->maxrows - ROW_RESERVE);
+                            if (done > 0 && L->codec.lines && nr - first > 1) {
+                                int small = 1;   /* one row for the run when every frame is small */
+                                for (int i = first; i < nr && small; i++)
+                                    small = rows[4 * i + 3] == PG_R_FRAME && rows[4 * i + 2] < L->codec.small;
+                                if (small) { nr = first; ROW(fd, at, done, PG_R_LINES); }
+                            }
                             if (done >= 0 && done < r) ROW(fd, at + done, r - done, PG_R_PARTIAL);
                         } else {
                             ROW(fd, at, r, PG_R_DATA);
@@ -404,6 +411,22 @@ int64_t pg_flush(pg_loop *L, const int64_t *spec, int64_t nspec)
         g++;
     }
     return sent;
+}
+
+/* Write n frames into dst: each a `width`-byte length (little-endian when `little`) and then
+   its lens[i] bytes taken in turn from src.  Returns the bytes written. */
+int64_t pg_frame_headers(const char *src, const int64_t *lens, int64_t n, int width, int little,
+                         char *dst)
+{
+    char *out = dst;
+    for (int64_t i = 0; i < n; i++) {
+        put_uint((unsigned char *)out, (uint64_t)lens[i], width, little);
+        out += width;
+        memcpy(out, src, (size_t)lens[i]);
+        out += lens[i];
+        src += lens[i];
+    }
+    return out - dst;
 }
 
 /* ---- small socket helpers --------------------------------------------------------------- */

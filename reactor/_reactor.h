@@ -15,6 +15,10 @@
      PG_R_ACCEPT_ERROR (listen fd, errno, 0)
      PG_R_WAKE        (wake fd, 0, 0)        the cross-thread inbox has work
      PG_R_FRAME_ERROR (fd, PG_FRAME_*, length)  a frame the codec refuses
+     PG_R_LINES       (fd, offset, length)   delimiter codecs with `lines` set: a run of whole
+                                             frames, each ending in the delimiter, each within
+                                             max_frame and shorter than `small` (Python splits
+                                             it with bytes.split; otherwise PG_R_FRAME rows)
    Rows of one read come together and in stream order; a fd's rows never interleave with
    another read of the same fd within one poll. */
 typedef struct {
@@ -25,6 +29,8 @@ typedef struct {
     unsigned char delim[16];
     int strip_cr;
     int64_t fixed;
+    int lines;                /* delimiter codec: report runs of small frames as PG_R_LINES */
+    int64_t small;            /* frames shorter than this are small */
 } pg_codec;
 
 /* Everything one event loop hands the glue, set up once: calls then pass one pointer. */
@@ -59,6 +65,7 @@ typedef struct {
 #define PG_R_ACCEPT_ERROR 9
 #define PG_R_WAKE 10
 #define PG_R_FRAME_ERROR 11
+#define PG_R_LINES 12
 
 /* per-fd flags */
 #define PG_F_PYREAD 1        /* reads of this connection go to its ring: report PG_R_READABLE */
@@ -88,6 +95,8 @@ int pg_poll(pg_loop *L, int timeout_ms);
 int64_t pg_split(const pg_codec *codec, const char *buf, int64_t len, int fd,
                  int32_t *rows, int maxrows, int *nrows);
 int64_t pg_flush(pg_loop *L, const int64_t *spec, int64_t nspec);
+int64_t pg_frame_headers(const char *src, const int64_t *lens, int64_t n, int width, int little,
+                         char *dst);
 int pg_wake_open(int *fds);
 int pg_wake(int wfd);
 int pg_close(int fd);

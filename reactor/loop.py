@@ -157,6 +157,10 @@ class EventLoop:
         self.out.bind(L)
         self.codec = ffi.addressof(L, "codec")
         configure_codec(self.codec, self._plan.split if self._plan is not None else None)
+        if self.reader.lines:
+            threshold = self.server.options.view_threshold
+            self.codec.lines = 1
+            self.codec.small = (1 << 62) if threshold is None else threshold
 
     @staticmethod
     def fd_table_size() -> int:

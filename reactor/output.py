@@ -38,7 +38,7 @@ PIN_MIN = 64 << 10          # sealed output larger than this is pinned, not copi
 _RING_MIN = 65536
 
 
-def _framer(plan: NativePlan | None) -> Callable[[list], bytes]:
+def _framer(plan: NativePlan | None) -> Callable[[list], Any]:
     """How a turn's replies of one connection become bytes: chosen once per loop."""
     if plan is None or plan.reply in ("none", "packet"):
         return b"".join
@@ -49,10 +49,15 @@ def _framer(plan: NativePlan | None) -> Callable[[list], bytes]:
             q.append(b"")
             return suffix.join(q)
         return frame_suffix
-    width, order = plan.header_width, plan.header_order
+    width, little = plan.header_width, int(plan.header_order == "little")
+    frame = lib.pg_frame_headers
 
-    def frame_header(q: list) -> bytes:
-        return b"".join([x for r in q for x in (len(r).to_bytes(width, order), r)])
+    def frame_header(q: list) -> Any:
+        src = b"".join(q)
+        n = len(q)
+        dst = bytearray(len(src) + width * n)
+        frame(src, list(map(len, q)), n, width, little, ffi.from_buffer(dst))
+        return dst
     return frame_header
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ringbuf import RingBuffer, ViewBuffer
 
 from ._native import (F_PYREAD, FRAME_TOO_LONG, O_ARENA, O_FRAME, R_DATA, R_EOF, R_ERROR, R_FRAME,
-                      R_FRAME_ERROR, R_PARTIAL, R_READABLE, R_WRITABLE, ffi, lib)
+                      R_FRAME_ERROR, R_LINES, R_PARTIAL, R_READABLE, R_WRITABLE, ffi, lib)
 from .connection import OPEN
 from .errors import ProtocolError
 from .protocol import NativePlan
@@ -140,6 +140,11 @@ class Reader:
         else:
             self.dispatch = self._dispatch_frames
         self._nsplit = ffi.new("int *")
+        split = plan.split if plan is not None and plan.split is not None else {}
+        self._delim = bytes(split.get("delim", b"\n"))
+        self._strip_cr = bool(split.get("strip_cr", 0))
+        # PG_R_LINES runs: delimiter codecs whose replies need no packet(), echo or not
+        self.lines = bool(split.get("delim")) and self._native_reply and self.dispatch == self._dispatch_frames
 
     # ------------------------------------------------------------------------------------
     # the three readers
@@ -230,7 +235,10 @@ class Reader:
                 if conn is not None:
                     conn._last = now
             if code != R_FRAME or conn is None:
-                self.event(fd, a, b, code, conn)
+                if code == R_LINES and conn is not None:
+                    self._lines(conn, a, b)
+                else:
+                    self.event(fd, a, b, code, conn)
                 continue
             if conn._state:
                 continue
@@ -273,6 +281,41 @@ class Reader:
                     out.reply(conn, res, self._source)
             except Exception as exc:
                 loop.fail(conn, exc)
+
+    def _lines(self, conn: Connection, a: int, b: int) -> None:
+        """A run of small delimited frames (PG_R_LINES): split by CPython's bytes.split, which
+        beats a row per frame; each line goes to on_message as bytes."""
+        if conn._state:
+            return
+        chunk = self._loop.arena.mv[a:a + b].tobytes()
+        lines = chunk.split(self._delim)
+        lines.pop()                         # the run ends with a delimiter
+        if self._strip_cr and b"\r" in chunk:
+            lines = [x[:-1] if x[-1:] == b"\r" else x for x in lines]
+        on_message = self._on_message
+        out = self._loop.out
+        native_reply = self._native_reply
+        dirty_append = out.dirty_append
+        for msg in lines:
+            try:
+                res = on_message(conn, None, msg)
+                if res is not None:
+                    if type(res) is bytes and native_reply:
+                        q = conn._q          # fetched each time: a send_raw() seals it
+                        if q is None:
+                            conn._q = [res]
+                            if not conn._dirty:
+                                conn._dirty = True
+                                dirty_append(conn)
+                        else:
+                            q.append(res)
+                    else:
+                        out.reply(conn, res, self._source)
+            except Exception as exc:
+                self._loop.fail(conn, exc)
+                return
+            if conn._state:
+                return
 
     def _dispatch_generic(self, rows: list[int]) -> None:
         """Protocols with their own unpacket (and TLS, which decrypts first)."""
