@@ -26,7 +26,8 @@ def _number(name: str, value: Any, *, minimum: float | None = None, integer: boo
                         f"not {type(value).__name__}")
     if value != value:      # NaN
         raise ValueError(f"{name} must be a number, not NaN")
-    if minimum is not None and (value <= minimum if exclusive else value < minimum):
+    number: Any = value
+    if minimum is not None and (number <= minimum if exclusive else number < minimum):
         raise ValueError(f"{name} must be {'>' if exclusive else '>='} {minimum}, got {value}")
 
 

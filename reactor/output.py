@@ -164,6 +164,7 @@ class Output:
 
     def _seal(self, conn: Connection) -> None:
         q = conn._q
+        assert q is not None
         conn._q = None
         data = q[0] if self._plain and len(q) == 1 else self._frame(q)
         tls = conn._tls

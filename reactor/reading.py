@@ -144,7 +144,8 @@ class Reader:
         self._delim = bytes(split.get("delim", b"\n"))
         self._strip_cr = bool(split.get("strip_cr", 0))
         # PG_R_LINES runs: delimiter codecs whose replies need no packet(), echo or not
-        self.lines = bool(split.get("delim")) and self._native_reply and self.dispatch == self._dispatch_frames
+        self.lines = (bool(split.get("delim")) and self._native_reply
+                      and self.dispatch == self._dispatch_frames)
 
     # ------------------------------------------------------------------------------------
     # the three readers
@@ -171,6 +172,7 @@ class Reader:
             if conn._state:
                 continue
             conn._last = now
+            msg: Any
             if b < thr:
                 msg = amv[a:a + b].tobytes()
             else:
@@ -242,6 +244,7 @@ class Reader:
                 continue
             if conn._state:
                 continue
+            msg: Any
             if b < thr:
                 msg = amv[a:a + b].tobytes()
             else:
