@@ -5,7 +5,8 @@
 
 The store holds 1,000 keys, key0000 .. key0999, each with a 37-byte value; an unknown key gets
 `NOT_FOUND`, a line that is not a GET gets `BAD_REQUEST`.  LineProtocol splits the lines in C (a
-trailing CR is dropped) and packet() puts the newline back after each reply.  This is the bench's
+trailing CR is dropped) and the newline is put back after each reply as the turn's replies are
+joined.  This is the bench's
 `get` workload (bench/loadgen.c --mode get).
 """
 from __future__ import annotations
@@ -21,9 +22,9 @@ STORE = {b"key%04d" % i: b"value-%04d-abcdefghijklmnopqrstuvwxyz" % i for i in r
 
 
 class Get(Handler):
-    def on_message(self, conn, ctx, data):       # data: the line, a memoryview without the b"\n"
+    def on_message(self, conn, ctx, data):       # data: the line (bytes), without the b"\n"
         if data[:4] == b"GET ":
-            return STORE.get(bytes(data[4:]), b"NOT_FOUND")   # a dict key must be bytes, not a view
+            return STORE.get(data[4:], b"NOT_FOUND")
         return b"BAD_REQUEST"
 
 

@@ -24,7 +24,7 @@ OK, UNKNOWN_OP, BAD_REQUEST = 0, 1, 2
 
 
 class Rpc(Handler):
-    def on_message(self, conn, ctx, data):       # data: the payload, a memoryview without the header
+    def on_message(self, conn, ctx, data):       # data: the payload (bytes), without the header
         if len(data) != REQUEST.size:
             return REPLY.pack(BAD_REQUEST, 0, TAIL)
         op, arg = REQUEST.unpack(data)

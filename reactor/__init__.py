@@ -8,13 +8,16 @@
 
     Server(Echo(), address="127.0.0.1:1833").start()
 """
-from .connection import Connection, ConnectionClosed
+from .connection import Connection
+from .errors import ConnectionClosed, OutputLimitExceeded, PeerTimeout, ProtocolError
 from .handler import Handler
 from .loop import EventLoop
-from .protocol import DefaultProtocol, Protocol, ProtocolError
+from .options import ServerOptions
+from .protocol import DefaultProtocol, NativePlan, Protocol
 from .server import Server
 from .timers import Timer
 
-__all__ = ["Connection", "ConnectionClosed", "DefaultProtocol", "EventLoop", "Handler", "Protocol",
-           "ProtocolError", "Server", "Timer"]
+__all__ = ["Connection", "ConnectionClosed", "DefaultProtocol", "EventLoop", "Handler", "NativePlan",
+           "OutputLimitExceeded", "PeerTimeout", "Protocol", "ProtocolError", "Server",
+           "ServerOptions", "Timer"]
 __version__ = "0.1.0"

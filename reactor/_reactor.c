@@ -52,7 +52,7 @@ static int64_t split_frames(const pg_codec *c, const unsigned char *buf, int64_t
 {
     int nr = *pnr;
     int64_t pos = 0;
-    if (c->type == 1) {
+    if (c->type == PG_CODEC_LENGTH) {
         int64_t hdr_end = (int64_t)c->len_offset + c->len_size;
         while (nr < maxrows && len - pos >= hdr_end) {
             const unsigned char *h = buf + pos + c->len_offset;
@@ -71,7 +71,7 @@ static int64_t split_frames(const pg_codec *c, const unsigned char *buf, int64_t
             ROW(fd, base + pos + c->strip, frame - c->strip, PG_R_FRAME);
             pos += frame;
         }
-    } else if (c->type == 2) {
+    } else if (c->type == PG_CODEC_DELIMITER) {
         /* bytes that may sit before a delimiter of a frame that is not too long yet */
         int64_t slack = c->max_frame + c->strip_cr + c->delim_len - 1;
         while (nr < maxrows && pos < len) {
@@ -91,7 +91,7 @@ static int64_t split_frames(const pg_codec *c, const unsigned char *buf, int64_t
             ROW(fd, base + pos, flen, PG_R_FRAME);
             pos += (d - s) + c->delim_len;
         }
-    } else if (c->type == 3) {
+    } else if (c->type == PG_CODEC_FIXED) {
         while (nr < maxrows && len - pos >= c->fixed) {
             ROW(fd, base + pos, c->fixed, PG_R_FRAME);
             pos += c->fixed;
@@ -170,6 +170,12 @@ static void handle_event(turn_t *t, int fd, int kind, int readable, int writable
                 int one = 1;
                 setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             }
+            /* the address accept returned, kept for peer_addr: after a reset getpeername fails */
+            if (L->addrs && c < L->nflags) {
+                size_t n = sl < (socklen_t)L->addr_size ? (size_t)sl : (size_t)L->addr_size;
+                memset(L->addrs + (size_t)c * L->addr_size, 0, (size_t)L->addr_size);
+                memcpy(L->addrs + (size_t)c * L->addr_size, &ss, n);
+            }
             ROW(fd, c, addr_hash(&ss), PG_R_ACCEPT);
         }
     } else {
@@ -177,6 +183,16 @@ static void handle_event(turn_t *t, int fd, int kind, int readable, int writable
         if (readable) {
             if (flags & PG_F_PYREAD) {
                 ROW(fd, 0, 0, PG_R_READABLE);
+            } else if (flags & PG_F_DISCARD) {
+                /* lingering close: read into the free end of the arena without keeping it */
+                int64_t room = L->arena_size - t->used;
+                if (room > 65536) room = 65536;
+                if (room > 0) {
+                    ssize_t r = read(fd, L->arena + t->used, (size_t)room);
+                    if (r == 0) ROW(fd, 0, 0, PG_R_EOF);
+                    else if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                        ROW(fd, errno, 0, PG_R_ERROR);
+                }
             } else {
                 int64_t room = L->arena_size - t->used;
                 if (room > L->read_max) room = L->read_max;
@@ -186,8 +202,15 @@ static void handle_event(turn_t *t, int fd, int kind, int readable, int writable
                         int64_t at = t->used;
                         t->used += r;
                         if (L->codec.type) {
+                            int first = nr;
                             int64_t done = split_frames(&L->codec, (unsigned char *)L->arena + at, r, fd, at,
                                                         rows, &nr, L->maxrows - ROW_RESERVE);
+                            if (done > 0 && L->codec.lines && nr - first > 1) {
+                                int small = 1;   /* one row for the run when every frame is small */
+                                for (int i = first; i < nr && small; i++)
+                                    small = rows[4 * i + 3] == PG_R_FRAME && rows[4 * i + 2] < L->codec.small;
+                                if (small) { nr = first; ROW(fd, at, done, PG_R_LINES); }
+                            }
                             if (done >= 0 && done < r) ROW(fd, at + done, r - done, PG_R_PARTIAL);
                         } else {
                             ROW(fd, at, r, PG_R_DATA);
@@ -208,6 +231,7 @@ static void handle_event(turn_t *t, int fd, int kind, int readable, int writable
 #ifdef __linux__
 
 int pg_event_size(void) { return (int)sizeof(struct epoll_event); }
+int pg_sockaddr_size(void) { return (int)sizeof(struct sockaddr_storage); }
 int pg_poller_open(void) { int r = epoll_create1(EPOLL_CLOEXEC); return r < 0 ? -errno : r; }
 
 /* op: 1 add, 2 modify, 3 delete.  Level-triggered; EPOLLOUT only while asked for. */
@@ -233,6 +257,7 @@ int pg_poll(pg_loop *L, int timeout_ms)
                      (e & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0, (e & EPOLLOUT) != 0);
     }
     L->nread += t.used;
+    L->used = t.used;
     return t.nr;
 }
 
@@ -247,6 +272,7 @@ int pg_wake_open(int *fds)
 #else  /* kqueue: BSD and macOS */
 
 int pg_event_size(void) { return (int)sizeof(struct kevent); }
+int pg_sockaddr_size(void) { return (int)sizeof(struct sockaddr_storage); }
 int pg_poller_open(void) { int r = kqueue(); return r < 0 ? -errno : r; }
 
 int pg_ctl(int pfd, int op, int fd, int kind, int readable, int writable)
@@ -274,6 +300,7 @@ int pg_poll(pg_loop *L, int timeout_ms)
         handle_event(&t, (int)(uint32_t)ud, (int)(ud >> 32), rd, wr);
     }
     L->nread += t.used;
+    L->used = t.used;
     return t.nr;
 }
 
@@ -303,54 +330,53 @@ int pg_wake(int wfd)
 #define MSG_NOSIGNAL 0
 #endif
 
-/* spec holds groups [fd, nparts, (kind, a, b) x nparts]:
-     PG_O_ARENA (offset, length) in `arena`; PG_O_SCRATCH (offset, length) in `scratch`;
-     PG_O_PTR (index into ptrs, length); PG_O_UINT_BE / PG_O_UINT_LE (value, width in bytes);
-     PG_O_FRAME (offset, length) in `arena`, framed by the codec: a `hdr_width`-byte length
-     prefix (little-endian when hdr_little) and/or the `suffix` bytes.
-   The sources and the codec's framing come from L.  Writing a group stops at its first short
-   write.  Returns the bytes written in all; each group the kernel did not take whole is reported
-   in L->shortw as (group index, bytes written or -errno, bytes queued), L->nshort of them (room
-   for one per group is the caller's to provide): what is left is the caller's to keep. */
-static void put_uint(unsigned char *dst, uint32_t v, int width, int little)
+/* spec holds groups [fd, nparts, (kind, a, b) x nparts] as int64 (any size fits):
+     PG_O_ARENA (offset, length) in the arena; PG_O_BLOB (offset, length) in L->blob (the turn's
+     coalesced small output, set by the caller before each flush); PG_O_PTR (index into L->ptrs,
+     length): a pinned large buffer; PG_O_FRAME (offset, length) in the arena, framed by the
+     codec: a `hdr_width`-byte length prefix (little-endian when hdr_little) and/or `suffix`.
+   Writing a group stops at its first short write.  Returns the bytes written in all; each group
+   the kernel did not take whole is reported in L->shortw as (group index, bytes written or
+   -errno, bytes queued), L->nshort of them (room for one per group is the caller's to provide):
+   what is left is the caller's to keep.  The caller closes no fd before this returns. */
+static void put_uint(unsigned char *dst, uint64_t v, int width, int little)
 {
     for (int i = 0; i < width; i++) {
         int sh = little ? 8 * i : 8 * (width - 1 - i);
-        dst[i] = sh < 32 ? (unsigned char)(v >> sh) : 0;
+        dst[i] = (unsigned char)(v >> sh);
     }
 }
 
-int64_t pg_flush(pg_loop *L, const int32_t *spec, int nspec)
+int64_t pg_flush(pg_loop *L, const int64_t *spec, int64_t nspec)
 {
-    const char *arena = L->arena, *scratch = L->scratch, *suffix = L->suffix;
+    const char *arena = L->arena, *blob = L->blob, *suffix = L->suffix;
     char **ptrs = L->ptrs;
     int hdr_width = L->hdr_width, hdr_little = L->hdr_little, suffix_len = L->suffix_len;
     int64_t sent = 0;
     L->nshort = 0;
     struct iovec iov[FLUSH_IOV];
     unsigned char hdr[FLUSH_IOV][8];
-    int pos = 0, g = 0;
+    int64_t pos = 0;
+    int g = 0;
     while (pos + 2 <= nspec) {
-        int fd = spec[pos], np = spec[pos + 1];
+        int fd = (int)spec[pos];
+        int64_t np = spec[pos + 1];
         pos += 2;
         int64_t total = 0, written = 0;
         int k = 0, stop = 0;
         size_t want = 0;
         int err = 0;
-        for (int j = 0; j < np; j++, pos += 3) {
-            int kind = spec[pos];
-            int32_t a = spec[pos + 1], b = spec[pos + 2];
+        for (int64_t j = 0; j < np; j++, pos += 3) {
+            int kind = (int)spec[pos];
+            int64_t a = spec[pos + 1], b = spec[pos + 2];
             int k0 = k;
             switch (kind) {
             case PG_O_ARENA: iov[k].iov_base = (void *)(arena + a); iov[k++].iov_len = (size_t)b; break;
-            case PG_O_SCRATCH: iov[k].iov_base = (void *)(scratch + a); iov[k++].iov_len = (size_t)b; break;
+            case PG_O_BLOB: iov[k].iov_base = (void *)(blob + a); iov[k++].iov_len = (size_t)b; break;
             case PG_O_PTR: iov[k].iov_base = ptrs[a]; iov[k++].iov_len = (size_t)b; break;
-            case PG_O_UINT_BE: case PG_O_UINT_LE:
-                put_uint(hdr[k], (uint32_t)a, b, kind == PG_O_UINT_LE);
-                iov[k].iov_base = hdr[k]; iov[k++].iov_len = (size_t)b; break;
             case PG_O_FRAME:
                 if (hdr_width) {
-                    put_uint(hdr[k], (uint32_t)b, hdr_width, hdr_little);
+                    put_uint(hdr[k], (uint64_t)b, hdr_width, hdr_little);
                     iov[k].iov_base = hdr[k]; iov[k++].iov_len = (size_t)hdr_width;
                 }
                 iov[k].iov_base = (void *)(arena + a); iov[k++].iov_len = (size_t)b;
@@ -387,6 +413,22 @@ int64_t pg_flush(pg_loop *L, const int32_t *spec, int nspec)
     return sent;
 }
 
+/* Write n frames into dst: each a `width`-byte length (little-endian when `little`) and then
+   its lens[i] bytes taken in turn from src.  Returns the bytes written. */
+int64_t pg_frame_headers(const char *src, const int64_t *lens, int64_t n, int width, int little,
+                         char *dst)
+{
+    char *out = dst;
+    for (int64_t i = 0; i < n; i++) {
+        put_uint((unsigned char *)out, (uint64_t)lens[i], width, little);
+        out += width;
+        memcpy(out, src, (size_t)lens[i]);
+        out += lens[i];
+        src += lens[i];
+    }
+    return out - dst;
+}
+
 /* ---- small socket helpers --------------------------------------------------------------- */
 
 int pg_close(int fd) { return close(fd) < 0 ? -errno : 0; }
@@ -404,11 +446,4 @@ int pg_parent_death_signal(int sig)
     (void)sig;
     return -ENOSYS;
 #endif
-}
-
-int pg_pending_error(int fd)
-{
-    int e = 0;
-    socklen_t l = sizeof e;
-    return getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l) < 0 ? errno : e;
 }

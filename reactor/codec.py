@@ -5,17 +5,19 @@ Each codec bounds the frame it will buffer; an oversized or malformed frame rais
 closes only that connection.  `on_message` gets the frame without its delimiter / stripped
 header as a memoryview (no copy); `packet()` adds them back to a reply.
 
-Native fast path: when a server's protocol is exactly one of these classes (not a subclass),
-the loop splits frames in C from `_native_codec()` and frames replies from `_native_pack()`
-without calling `unpacket` / `packet`.  The Python methods below follow the same rules byte
-for byte, so a subclass (which takes the Python path) sees the same frames and errors.
+Native fast path: `native_plan()` tells the loop how to split these frames in C and frame
+replies in C without calling `unpacket` / `packet`.  A subclass that overrides `unpacket` gets
+no plan (its own rules run in Python); one that overrides only `packet` keeps the C splitting
+and its `packet()` runs per reply.  The Python methods below follow the same rules byte for
+byte as the C splitter, so either path sees the same frames and errors.
 """
 from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any, Literal
 
-from .protocol import Protocol, ProtocolError
+from ._native import CODEC_DELIMITER, CODEC_FIXED, CODEC_LENGTH, DELIM_MAX
+from .protocol import NativePlan, Protocol, ProtocolError, overrides
 
 if TYPE_CHECKING:
     from ringbuf import BufferReader
@@ -25,13 +27,21 @@ if TYPE_CHECKING:
 __all__ = ["DelimiterProtocol", "FixedLengthProtocol", "LengthFieldProtocol", "LineProtocol"]
 
 _INT32_MAX = (1 << 31) - 1
-_NATIVE_DELIM_MAX = 16          # longest delimiter the C splitter accepts
-_NATIVE_TYPE_LENGTH, _NATIVE_TYPE_DELIM, _NATIVE_TYPE_FIXED = 1, 2, 3
 
 
 def _nbytes(data: Any) -> int:
     """Length in bytes of a bytes-like object."""
     return data.nbytes if type(data) is memoryview else len(data)
+
+
+def _plan(protocol: Protocol, base: type, split: dict[str, Any] | None, **reply: Any) -> NativePlan | None:
+    """The native plan of a codec: None when a subclass has its own unpacket (or C cannot split
+    these frames), the protocol's own packet() per reply when only packet is overridden."""
+    if split is None or overrides(protocol, base, "unpacket"):
+        return None
+    if overrides(protocol, base, "packet"):
+        return NativePlan(split=split, reply="packet")
+    return NativePlan(split=split, **reply)
 
 
 def _pending_bound(limit: int) -> int:
@@ -87,14 +97,14 @@ class DelimiterProtocol(Protocol):
         """The reply followed by the delimiter."""
         return b"".join((data, self.delimiter))
 
-    def _native_codec(self) -> dict[str, Any] | None:
-        if len(self.delimiter) > _NATIVE_DELIM_MAX or self.max_length > _INT32_MAX:
-            return None
-        return {"type": _NATIVE_TYPE_DELIM, "delim": self.delimiter, "strip_cr": int(self._strip_cr),
-                "max_frame": self.max_length}
-
-    def _native_pack(self) -> tuple[Any, ...] | None:
-        return ("suffix", self.delimiter)
+    def native_plan(self) -> NativePlan | None:
+        split = None
+        if len(self.delimiter) <= DELIM_MAX and self.max_length <= _INT32_MAX:
+            split = {"type": CODEC_DELIMITER, "delim": self.delimiter, "strip_cr": int(self._strip_cr),
+                     "max_frame": self.max_length}
+        # a stripped \r means the bytes that came are not always the reply framed again
+        return _plan(self, DelimiterProtocol, split, reply="suffix", suffix=self.delimiter,
+                     echo_identical=not self._strip_cr)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.delimiter!r}, max_length={self.max_length})"
@@ -130,13 +140,11 @@ class FixedLengthProtocol(Protocol):
         buffer.retrieve(n)
         return None, data
 
-    def _native_codec(self) -> dict[str, Any] | None:
-        if self.length > _INT32_MAX:
-            return None
-        return {"type": _NATIVE_TYPE_FIXED, "fixed": self.length, "max_frame": self.length}
-
-    def _native_pack(self) -> tuple[Any, ...] | None:
-        return ("none",)
+    def native_plan(self) -> NativePlan | None:
+        split = None
+        if self.length <= _INT32_MAX:
+            split = {"type": CODEC_FIXED, "fixed": self.length, "max_frame": self.length}
+        return _plan(self, FixedLengthProtocol, split, reply="none", echo_identical=True)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.length})"
@@ -224,22 +232,22 @@ class LengthFieldProtocol(Protocol):
         return (self.length_field_offset == 0 and self.length_adjustment == 0
                 and self.initial_bytes_to_strip == self.length_field_length)
 
-    def _native_codec(self) -> dict[str, Any] | None:
-        if (self.max_frame_length > _INT32_MAX or self._header_end > _INT32_MAX
-                or self.initial_bytes_to_strip > _INT32_MAX
-                or not -_INT32_MAX - 1 <= self.length_adjustment <= _INT32_MAX):
-            return None
-        return {"type": _NATIVE_TYPE_LENGTH, "len_offset": self.length_field_offset,
-                "len_size": self.length_field_length, "adjust": self.length_adjustment,
-                "strip": self.initial_bytes_to_strip, "little": int(self.byteorder == "little"),
-                "max_frame": self.max_frame_length}
-
-    def _native_pack(self) -> tuple[Any, ...] | None:
-        if self._simple_header():
-            return ("uint", self.length_field_length, self.byteorder)
-        if self.initial_bytes_to_strip == 0:
-            return ("none",)
-        return None
+    def native_plan(self) -> NativePlan | None:
+        split = None
+        if (self.max_frame_length <= _INT32_MAX and self._header_end <= _INT32_MAX
+                and self.initial_bytes_to_strip <= _INT32_MAX
+                and -_INT32_MAX - 1 <= self.length_adjustment <= _INT32_MAX):
+            split = {"type": CODEC_LENGTH, "len_offset": self.length_field_offset,
+                     "len_size": self.length_field_length, "adjust": self.length_adjustment,
+                     "strip": self.initial_bytes_to_strip, "little": int(self.byteorder == "little"),
+                     "max_frame": self.max_frame_length}
+        if self._simple_header():      # the header we'd write is the one that came
+            return _plan(self, LengthFieldProtocol, split, reply="header",
+                         header_width=self.length_field_length, header_order=self.byteorder,
+                         echo_identical=True)
+        if self.initial_bytes_to_strip == 0:   # the payload carries its own header
+            return _plan(self, LengthFieldProtocol, split, reply="none", echo_identical=True)
+        return _plan(self, LengthFieldProtocol, split, reply="packet")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(length_field_offset={self.length_field_offset}, "

@@ -1,9 +1,20 @@
-"""Connection: one accepted socket, owned as a plain fd by exactly one event loop."""
+"""Connection: one socket, owned as a plain fd by exactly one event loop.
+
+The fields with a leading underscore are the loop's bookkeeping, written only on the loop's
+thread by the loop modules (loop.py, reading.py, output.py): a connection is their shared
+record, the way a file descriptor table entry is the kernel's.  Users see the properties and
+methods below, which are safe from any thread where they say so.
+
+States: OPEN -> CLOSING (close() or stop(): queued output still goes out, then FIN) -> CLOSED
+(callbacks ran; the fd is closed or lingering to drain what the peer still sends).  A reset or
+an output error goes straight to CLOSED, dropping what was queued.
+"""
 from __future__ import annotations
 
-import socket
 import threading
 from typing import TYPE_CHECKING, Any
+
+from .errors import ConnectionClosed
 
 if TYPE_CHECKING:
     from .loop import EventLoop
@@ -11,36 +22,40 @@ if TYPE_CHECKING:
 OPEN, CLOSING, CLOSED = 0, 1, 2
 _get_ident = threading.get_ident
 
-
-class ConnectionClosed(ConnectionError):
-    """send() (or shutdown_write()) on a connection that is closed or closing."""
+__all__ = ["CLOSED", "CLOSING", "OPEN", "Connection", "ConnectionClosed"]
 
 
 class Connection:
-    """A client connection.  Thread-safe: send(), close() and shutdown_write().
+    """A connection.  Thread-safe: send(), send_raw(), close() and shutdown_write().
 
     Output is queued and written at the end of the loop turn, one sendmsg for all of it; what
     the kernel does not take is copied once into a ring and written as the socket drains.
     """
 
-    __slots__ = ("_fd", "_loop", "_state", "_parts", "_out", "_in", "_last", "_peer", "_local",
-                 "_shut", "_paused", "_error", "_reason", "_tls", "context", "protocol_state")
+    __slots__ = ("_fd", "_loop", "_state", "_q", "_parts", "_dirty", "_out", "_in", "_last",
+                 "_peer", "_local", "_shut", "_paused", "_eof", "_error", "_reason", "_tls",
+                 "_deadline", "_posted", "context", "protocol_state")
 
     def __init__(self, loop: EventLoop, fd: int, now: float) -> None:
         self._fd = fd
         self._loop = loop
         self._state = OPEN
-        self._parts: list[Any] | None = None  # this turn's queued output, as (kind, a, b) triples
+        self._q: list[Any] | None = None      # this turn's replies, waiting for the codec's framing
+        self._parts: list[int] | None = None  # this turn's sealed output, as (kind, a, b) triples
+        self._dirty = False                   # in the loop's list of connections to flush
         self._out: Any = None                 # RingBuffer of unsent output, only while there is some
         self._in: Any = None                  # RingBuffer of unparsed input (leftovers), lazily
         self._last = now                      # last read or write, for idle_timeout
         self._peer: Any = None
         self._local: Any = None
         self._shut = 0                        # 1: FIN requested, 2: FIN sent
-        self._paused = False                  # reading paused by backpressure
+        self._paused = 0                      # bit 1: backpressure, bit 2: pause_reading()
+        self._eof = False                     # the peer sent FIN
         self._error: BaseException | None = None
         self._reason = ""
         self._tls: Any = None                 # TlsSession when the server has an ssl context
+        self._deadline: float | None = None   # a phase that waits on the peer must end by then
+        self._posted = 0                      # bytes sent from other threads, not yet queued
         self.context: Any = None
         """Free for the user: per-connection state."""
         self.protocol_state: Any = None
@@ -50,45 +65,60 @@ class Connection:
     def send(self, data: Any) -> None:
         """Queue `data` (through the protocol's packet) for sending, from any thread, in order.
 
-        Returns at once.  Raises ConnectionClosed once the connection is closing or closed.
+        Returns at once; the bytes are copied (or are immutable) when this returns, so the
+        caller may reuse its buffer.  Raises ConnectionClosed once the connection is closing,
+        closed or shut for writing.
         """
         if self._state or self._shut:
-            raise ConnectionClosed(f"connection {self._fd} is closed")
+            raise ConnectionClosed(f"{self!r} is closed")
         loop = self._loop
         if loop._thread_id == _get_ident():
-            loop._send(self, data, True)
+            loop.send(self, data, True)
         else:
-            loop._post_send(self, data, True)
+            loop.post_send(self, data, True)
 
     def send_raw(self, data: Any) -> None:
         """Queue bytes as they are, bypassing packet(): for Protocol authors (handshakes, pongs)."""
         if self._state or self._shut:
-            raise ConnectionClosed(f"connection {self._fd} is closed")
+            raise ConnectionClosed(f"{self!r} is closed")
         loop = self._loop
         if loop._thread_id == _get_ident():
-            loop._send(self, data, False)
+            loop.send(self, data, False)
         else:
-            loop._post_send(self, data, False)
+            loop.post_send(self, data, False)
 
-    def close(self) -> None:
-        """Close after queued output is flushed; on_close(conn, None) follows.  Idempotent."""
+    def close(self, error: BaseException | None = None) -> None:
+        """Close after queued output is flushed (a reply returned by the on_message that calls
+        this still goes out); on_close(conn, error) follows.  Idempotent, any thread.
+
+        `error` (default None) is what on_close receives; its `reason` attribute, if any,
+        labels the close in metrics (see reactor.PeerTimeout)."""
         if self._state:
             return
         loop = self._loop
         if loop._thread_id == _get_ident():
-            loop._close(self, None, "local")
+            loop.close(self, error, "local")
         else:
-            loop._post(loop._close, self, None, "local")
+            loop.call_soon(loop.close, self, error, "local")
 
     def shutdown_write(self) -> None:
-        """Send FIN once queued output is flushed; reading goes on until the peer closes."""
+        """Send FIN once queued output is flushed; reading goes on until the peer closes.
+        Later sends raise ConnectionClosed."""
         if self._state:
-            raise ConnectionClosed(f"connection {self._fd} is closed")
+            raise ConnectionClosed(f"{self!r} is closed")
         loop = self._loop
         if loop._thread_id == _get_ident():
-            loop._shutdown_write(self)
+            loop.shutdown_write(self)
         else:
-            loop._post(loop._shutdown_write, self)
+            loop.call_soon(loop.shutdown_write, self)
+
+    def pause_reading(self) -> None:
+        """Stop reading from this connection until resume_reading() (loop thread or any)."""
+        self._loop.call_here(self._loop.set_reading, self, False)
+
+    def resume_reading(self) -> None:
+        """Undo pause_reading()."""
+        self._loop.call_here(self._loop.set_reading, self, True)
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -108,34 +138,24 @@ class Connection:
 
     @property
     def peer_addr(self) -> Any:
-        """What getpeername() returns: (host, port), an IPv6 4-tuple, or a unix path."""
-        if self._peer is None:
-            self._peer = self._sock_name(True)
+        """What getpeername() returns: (host, port), an IPv6 4-tuple, or a unix path.  Kept
+        after close, whatever closed the connection (taken from accept's result)."""
+        if self._peer is None and self._fd >= 0:
+            self._peer = self._loop.peer_address(self._fd)
         return self._peer
 
     @property
     def local_addr(self) -> Any:
-        """What getsockname() returns."""
-        if self._local is None:
-            self._local = self._sock_name(False)
+        """What getsockname() returns; kept after close."""
+        if self._local is None and self._fd >= 0:
+            self._local = self._loop.local_address(self._fd)
         return self._local
-
-    def _sock_name(self, peer: bool) -> Any:
-        """Looked up on first use (then cached): accept() pays nothing for it."""
-        if self._fd < 0:
-            return None
-        s = socket.socket(fileno=self._fd)
-        try:
-            return s.getpeername() if peer else s.getsockname()
-        except OSError:
-            return None
-        finally:
-            s.detach()
 
     @property
     def pending_write(self) -> int:
-        """Bytes queued in pygev and not yet taken by the kernel."""
-        return self._loop._pending_write(self)
+        """Bytes queued in pygev and not yet taken by the kernel: this turn's replies, the
+        output ring, TLS records waiting for the handshake, and sends from other threads."""
+        return self._loop.pending_write(self)
 
     @property
     def pending_read(self) -> int:
@@ -144,4 +164,9 @@ class Connection:
 
     def __repr__(self) -> str:
         state = ("open", "closing", "closed")[self._state]
-        return f"<Connection fd={self._fd} {state}>"
+        peer = self.peer_addr
+        if isinstance(peer, tuple):
+            where = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+        else:
+            where = repr(peer) if peer else "?"
+        return f"<Connection {where} fd={self._fd} {state}>"

@@ -18,11 +18,19 @@ class Handler:
         """A connection was accepted (before any data)."""
 
     def on_message(self, conn: Connection, ctx: Any, data: Any) -> Any:
-        """A message arrived; return a reply (sent through the protocol's packet) or None.
+        """A message arrived; return a reply (sent through the protocol) or None.
 
-        With the default protocol `data` is a memoryview over the loop's read buffer, valid
-        until this call returns; returning it (or a slice of it) echoes it without a copy.
+        `data` is `bytes` for messages shorter than the server's `view_threshold` (4 KiB by
+        default) and a memoryview over the read buffer for longer ones, valid until this call
+        returns: keep `bytes(data)` if you need it later.  Returning `data` itself echoes it
+        without a copy.  A reply must be bytes-like (str only where the protocol takes text).
         """
+        return None
+
+    def on_eof(self, conn: Connection) -> bool | None:
+        """The peer half-closed (sent FIN).  Return True to keep the connection open for
+        sending - replies from timers or threads still go out; close it yourself (or let
+        idle_timeout do it).  Default: close once queued output is flushed."""
         return None
 
     def on_close(self, conn: Connection, error: BaseException | None) -> None:

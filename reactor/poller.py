@@ -1,8 +1,8 @@
 """The readiness poller: epoll on Linux, kqueue on BSD/macOS, behind one tiny interface.
 
-The wait itself is `lib.pg_poll` (build_ffi.py): one native call that waits and also reads every
-ready connection into the loop's arena, so the loop calls it directly.  This module owns the
-registration side.  Facts relied on:
+The poller knows file descriptors and their kind only.  The wait itself is `lib.pg_poll`
+(_reactor.c): one native call that waits and also reads every ready connection into the loop's
+arena, so the loop calls it directly.  This module owns the registration side.  Facts relied on:
 - Level-triggered readiness: a socket left unread (arena full this turn, reading paused) is
   simply reported again on the next wait, so no event is ever lost and no re-arming is needed.
 - Write interest (EPOLLOUT) is armed only while a connection has unsent output, so a steady
@@ -14,26 +14,13 @@ registration side.  Facts relied on:
 """
 from __future__ import annotations
 
-import os
+from ._native import check, lib
 
-from ._reactor_native import ffi, lib
-
-KIND_CONN = lib.PG_K_CONN
-KIND_LISTEN = lib.PG_K_LISTEN
-KIND_WAKE = lib.PG_K_WAKE
-
-_ADD, _MODIFY, _REMOVE = 1, 2, 3
-
-
-def check(res: int, what: str) -> int:
-    """Turn a native -errno result into OSError."""
-    if res < 0:
-        raise OSError(-res, f"{what}: {os.strerror(-res)}")
-    return res
+_ADD, _MODIFY = 1, 2
 
 
 class Poller:
-    """One epoll/kqueue instance: register, change and drop interest in file descriptors."""
+    """One epoll/kqueue instance: register and change interest in file descriptors."""
 
     __slots__ = ("fd",)
 
@@ -47,9 +34,6 @@ class Poller:
         """Change interest; returns 0 or -errno (a closing socket may already be gone)."""
         return lib.pg_ctl(self.fd, _MODIFY, fd, kind, readable, writable)
 
-    def remove(self, fd: int, kind: int) -> int:
-        return lib.pg_ctl(self.fd, _REMOVE, fd, kind, 0, 0)
-
     def close(self) -> None:
         if self.fd >= 0:
             lib.pg_close(self.fd)
@@ -60,4 +44,4 @@ class Poller:
         return lib.pg_event_size()
 
 
-__all__ = ["KIND_CONN", "KIND_LISTEN", "KIND_WAKE", "Poller", "check", "ffi", "lib"]
+__all__ = ["Poller"]

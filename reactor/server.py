@@ -8,18 +8,17 @@ import socket
 import stat
 import threading
 import time
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
+from ._native import F_NODELAY, ffi, lib
 from .handler import Handler
-from .loop import TURN_BUCKETS, EventLoop
-from .poller import lib
+from .loop import ADDR_ENTRY, TURN_BUCKETS, EventLoop
+from .options import LoadBalance, Network, ServerOptions
 from .protocol import DefaultProtocol, Protocol
 from .timers import Timer
 
 log = logging.getLogger("reactor.server")
 
-Network = Literal["tcp", "tcp4", "tcp6", "unix"]
-LoadBalance = Literal["round_robin", "least_connections", "source_addr_hash"]
 
 _ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _ACCEPT_PAUSE = 0.1          # seconds without accepting after the process ran out of descriptors
@@ -52,7 +51,32 @@ class Server:
     """A TCP (or unix-socket) server driving `handler` from `num_loops` event loops.
 
     `start()` serves in the calling thread until `stop()`; `with Server(...) as srv:` serves in
-    a background thread for the duration of the block.  See the README for every option.
+    a background thread for the duration of the block.  Every argument is checked here
+    (TypeError / ValueError naming it).  Options:
+
+    address=":1833"            "host:port"; ":port" binds all IPv4 interfaces; "[::1]:1833" IPv6;
+                               a filesystem path for network="unix"
+    network="tcp"              "tcp", "tcp4", "tcp6" (IPV6_V6ONLY) or "unix"
+    num_loops=None             event loops (threads) in this process; None means 1
+    workers=1                  processes sharing the port (SO_REUSEPORT), supervised
+    reuse_port=False           SO_REUSEPORT on the listener (forced on with workers > 1)
+    idle_timeout=None          close a connection this many seconds after its last read or write
+    protocol=None              a Protocol instance; default DefaultProtocol (each read a message)
+    load_balance="round_robin" or "least_connections", "source_addr_hash"
+    metrics_address=None       "host:port" to serve Prometheus metrics at metrics_path
+    tcp_nodelay=True, tcp_keepalive=None (seconds), backlog=None (1024)
+    max_connections=None       connections over the cap are closed at once (no on_connect)
+    read_buffer_size=65536     largest single read per connection per turn
+    write_high_water=1 MiB, write_low_water=high/4
+                               backpressure: past high water reading stops until below low water
+    write_limit=16 MiB (at least high water): unsent output past this - a peer that does not read
+                               while others send to it - drops that connection (OutputLimitExceeded)
+    view_threshold=4096        messages shorter than this reach on_message as bytes, longer ones as
+                               memoryviews (zero copy); 0: always views, None: always bytes
+    frame_timeout=30.0         a message begun (a partial frame) must be complete within this
+    handshake_timeout=10.0     TLS handshakes must finish within this (None: no limit)
+    ssl=None                   a server-side ssl.SSLContext to serve TLS
+    slow_callback=0.1          warn when a turn or timer blocks the loop longer (None: never)
     """
 
     def __init__(self, handler: Handler, *, address: str = ":1833", network: Network = "tcp",
@@ -63,29 +87,51 @@ class Server:
                  tcp_keepalive: float | None = None, backlog: int | None = None,
                  max_connections: int | None = None, read_buffer_size: int = 65536,
                  write_high_water: int = 1 << 20, write_low_water: int | None = None,
+                 write_limit: int | None = None, view_threshold: int | None = 4096,
+                 frame_timeout: float = 30.0, handshake_timeout: float | None = 10.0,
                  ssl: Any = None, slow_callback: float | None = 0.1) -> None:
-        if load_balance not in _BALANCERS:
-            raise ValueError(f"load_balance must be one of {sorted(_BALANCERS)}, not {load_balance!r}")
-        if num_loops is not None and num_loops < 1:
-            raise ValueError("num_loops must be at least 1")
-        if workers < 1:
-            raise ValueError("workers must be at least 1")
-        if read_buffer_size < 1024:
-            raise ValueError("read_buffer_size must be at least 1024")
+        if isinstance(handler, type):
+            raise TypeError(f"handler must be an instance, not the class {handler.__name__} "
+                            f"(write {handler.__name__}())")
+        if not callable(getattr(handler, "on_message", None)):
+            raise TypeError(f"handler must be a reactor.Handler (or have on_message), "
+                            f"not {type(handler).__name__}")
+        if isinstance(protocol, type):
+            raise TypeError(f"protocol must be an instance, not the class {protocol.__name__} "
+                            f"(write {protocol.__name__}())")
+        if protocol is not None and not callable(getattr(protocol, "unpacket", None)):
+            raise TypeError(f"protocol must be a reactor.Protocol, not {type(protocol).__name__}")
+        if isinstance(write_high_water, int) and not isinstance(write_high_water, bool):
+            if write_low_water is None:
+                write_low_water = write_high_water // 4
+            if write_limit is None:
+                write_limit = max(16 << 20, write_high_water)
+        self.options = ServerOptions(
+            address=address, network=network, num_loops=1 if num_loops is None else num_loops,
+            workers=workers, reuse_port=reuse_port, idle_timeout=idle_timeout,
+            load_balance=load_balance, metrics_address=metrics_address, metrics_path=metrics_path,
+            tcp_nodelay=tcp_nodelay, tcp_keepalive=tcp_keepalive,
+            backlog=1024 if backlog is None else backlog, max_connections=max_connections,
+            read_buffer_size=read_buffer_size, write_high_water=write_high_water,
+            write_low_water=write_low_water if write_low_water is not None else 0,
+            write_limit=write_limit if write_limit is not None else 16 << 20,
+            view_threshold=view_threshold, frame_timeout=frame_timeout,
+            handshake_timeout=handshake_timeout, ssl=ssl, slow_callback=slow_callback)
+        opts = self.options
         self.handler = handler
         self.protocol: Protocol = protocol if protocol is not None else DefaultProtocol()
         self.network = network
-        self.num_loops = num_loops or 1
+        self.num_loops = opts.num_loops
         self.workers = workers
         self.idle_timeout = idle_timeout
         self.load_balance = load_balance
         self.tcp_nodelay = tcp_nodelay
         self.tcp_keepalive = tcp_keepalive
-        self.backlog = backlog or 1024
+        self.backlog = opts.backlog
         self.max_connections = max_connections
         self.read_buffer_size = read_buffer_size
         self.write_high_water = write_high_water
-        self.write_low_water = write_high_water // 4 if write_low_water is None else write_low_water
+        self.write_low_water = opts.write_low_water
         self.slow_callback = slow_callback
         self.ssl = ssl
         self.metrics_path = metrics_path
@@ -103,6 +149,7 @@ class Server:
         self._count_lock = threading.Lock()
         self._lock = threading.Lock()
         self._serving = False
+        self._started = False
         self._stop_requested = False
         self._ready = threading.Event()
         self._done = threading.Event()
@@ -112,6 +159,13 @@ class Server:
         self._spare_fd = -1
         self._last_accept_warning = 0.0
         self._stop_hooks: list[Callable[[float | None], None]] = []
+        self._addrs: Any = None
+
+    def __repr__(self) -> str:
+        state = ("serving" if self._serving else "stopped" if self._stop_requested else "not started")
+        where = self._address if self._address is not None else self.options.address
+        return (f"<Server {type(self.handler).__name__} {self.network} {where} {state} "
+                f"loops={self.num_loops} workers={self.workers} connections={self._count}>")
 
     # ------------------------------------------------------------------------------------
     # public API
@@ -144,7 +198,13 @@ class Server:
         return self._loops[0].run_every(interval, fn, *args)
 
     def start(self) -> None:
-        """Serve until stop() is called (from another thread, a handler, a timer or a signal)."""
+        """Serve until stop() is called (from another thread, a handler, a timer or a signal).
+        A server runs once: start() on one that is serving or was stopped raises RuntimeError."""
+        with self._lock:
+            if self._started:
+                raise RuntimeError("this Server was already started (it serves once; build a new "
+                                   "Server to serve again)")
+            self._started = True
         if self.workers > 1:
             from .workers import run_workers
             run_workers(self)
@@ -163,7 +223,7 @@ class Server:
             for hook in self._stop_hooks:
                 hook(timeout)
             for loop in self._loops:
-                loop._post(loop._begin_stop, timeout)
+                loop.call_soon(loop.begin_stop, timeout)
         if not serving:
             self._done.set()
             return
@@ -179,6 +239,10 @@ class Server:
 
     def __enter__(self) -> Server:
         """Serve in a background thread; the bound address is ready when this returns."""
+        with self._lock:
+            if self._started:
+                raise RuntimeError("this Server was already started (it serves once; build a new "
+                                   "Server to serve again)")
         self._bg = threading.Thread(target=self._serve_background, name="reactor-server", daemon=True)
         self._bg.start()
         self._ready.wait()
@@ -197,9 +261,9 @@ class Server:
     def _serve_background(self) -> None:
         try:
             self.start()
-        except BaseException as exc:   # surfaced by __enter__ or stop()
+        except BaseException as exc:   # surfaced by __enter__ or stop(), reported once there
             self._bg_error = exc
-            log.exception("server failed")
+            log.debug("server failed", exc_info=exc)
         finally:
             self._ready.set()
             self._done.set()
@@ -238,6 +302,10 @@ class Server:
         except FileNotFoundError:
             pass
 
+    def close_listeners(self) -> None:
+        """Stop listening (loop 0 calls this when it begins to stop)."""
+        self._close_listeners()
+
     def _close_listeners(self) -> None:
         for sock in self._socks:
             sock.close()
@@ -260,13 +328,14 @@ class Server:
         opened: list[EventLoop] = []
         try:
             self._bind()
+            self._addrs = ffi.new("char[]", ADDR_ENTRY * EventLoop.fd_table_size())
             for loop in self._loops:
-                loop._open()
+                loop.open(self._addrs)
                 opened.append(loop)
-                loop._start_housekeeping()
+                loop.start_housekeeping()
             nodelay = self.tcp_nodelay and self._family != socket.AF_UNIX
             for sock in self._socks:
-                self._loops[0]._add_listener(sock.fileno(), nodelay)
+                self._loops[0].add_listener(sock.fileno(), nodelay, F_NODELAY)
             self._spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             if self._metrics_address is not None:
                 from .metrics import MetricsExporter
@@ -275,7 +344,7 @@ class Server:
                 self._exporter = exporter       # published only once it has an address
         except BaseException:
             for loop in opened:
-                loop._teardown()
+                loop.teardown()
             self._cleanup()
             raise
         for loop in self._loops[1:]:
@@ -306,7 +375,7 @@ class Server:
     # ------------------------------------------------------------------------------------
     # called from the loops
     # ------------------------------------------------------------------------------------
-    def _on_accept(self, loop: EventLoop, fd: int, addr_hash: int) -> None:
+    def on_accept(self, loop: EventLoop, fd: int, addr_hash: int) -> None:
         """A new connection arrived on `loop` (the first one): cap, balance, hand over."""
         with self._count_lock:
             if self.max_connections is not None and self._count >= self.max_connections:
@@ -322,15 +391,16 @@ class Server:
         loop.accepted += 1
         target = self._balance(self, addr_hash)
         if target is loop:
-            loop._add_connection(fd)
+            loop.adopt_now(fd)
         else:
-            target._post(target._add_connection, fd)
+            target.adopt(fd)
 
-    def _released(self) -> None:
+    def released(self) -> None:
+        """A connection counted by on_accept is gone."""
         with self._count_lock:
             self._count -= 1
 
-    def _on_accept_error(self, loop: EventLoop, listen_fd: int, err: int) -> None:
+    def on_accept_error(self, loop: EventLoop, listen_fd: int, err: int) -> None:
         """accept() failed.  Out of descriptors: shed one pending client with the spare fd and
         stop accepting briefly, so the loop neither spins nor stops serving others."""
         now = time.monotonic()
@@ -350,9 +420,10 @@ class Server:
                 self._spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 pass
-        loop._pause_listener(listen_fd, _ACCEPT_PAUSE)
+        loop.pause_listener(listen_fd, _ACCEPT_PAUSE)
 
-    def _configure_socket(self, fd: int) -> None:
+    def configure_socket(self, fd: int) -> None:
+        """Per-connection socket options (keepalive), set when a loop adopts the fd."""
         keepalive = self.tcp_keepalive
         if keepalive is None or self._family == socket.AF_UNIX:
             return
@@ -403,7 +474,7 @@ def _round_robin(server: Server, addr_hash: int) -> EventLoop:
 
 
 def _least_connections(server: Server, addr_hash: int) -> EventLoop:
-    return min(server._loops, key=lambda loop: len(loop._conns) + len(loop._inbox))
+    return min(server._loops, key=lambda loop: loop.connection_count + loop.backlog)
 
 
 def _source_addr_hash(server: Server, addr_hash: int) -> EventLoop:

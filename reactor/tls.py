@@ -1,10 +1,15 @@
-"""TLS for a connection: an ssl.SSLObject over memory BIOs, fed by the event loop.
+"""TLS as a stream layer: an ssl.SSLObject over memory BIOs, between the socket and the protocol.
 
-The loop hands received ciphertext to `feed()` and gets plaintext back; replies go through
-`encrypt()`; whatever the TLS engine wants to send (handshake records, alerts, ciphertext) is
-collected with `take_output()` and queued on the connection as it is.  TLS gives up the zero-copy
-paths (the engine copies by nature); everything else - protocols, codecs, backpressure - is
-unchanged.
+The reader hands received ciphertext to `feed()` and gets plaintext back; the output side
+passes each turn's framed replies of a connection through `encrypt()` once; whatever the TLS
+engine wants to send (handshake records, alerts, ciphertext, close_notify) is collected with
+`take_output()` / `shutdown()` and queued on the connection as it is.  TLS gives up the
+zero-copy paths (the engine copies by nature); protocols, codecs and backpressure are unchanged.
+
+Order rules: plaintext sent before the handshake ends waits (`pending` bytes, counted in
+pending_write) and is encrypted the moment the handshake completes.  A peer's close_notify does
+not shut us down at once: the plaintext that came with it is delivered, the replies to it are
+encrypted and sent, and only then does our close_notify go out (`shutdown()`), then the FIN.
 """
 from __future__ import annotations
 
@@ -15,31 +20,34 @@ from typing import Any
 class TlsSession:
     """Server side of one TLS connection, with no socket of its own."""
 
-    __slots__ = ("_obj", "_incoming", "_outgoing", "_ready", "_pending", "closed_by_peer")
+    __slots__ = ("_obj", "_incoming", "_outgoing", "ready", "_pending", "pending", "closed_by_peer",
+                 "_shut")
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._obj = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        self._ready = False
-        self._pending: list[Any] = []       # plaintext sent before the handshake finished
+        self.ready = False                  # the handshake is done
+        self._pending: list[bytes] = []     # plaintext sent before the handshake finished
+        self.pending = 0                    # its size in bytes
         self.closed_by_peer = False         # the peer sent close_notify
+        self._shut = False
 
     def feed(self, data: Any) -> bytes:
         """Decrypt received bytes; returns the plaintext now available (maybe b"").
         Raises ssl.SSLError on anything that is not valid TLS."""
         self._incoming.write(data)
-        if not self._ready:
+        if not self.ready:
             try:
                 self._obj.do_handshake()
             except ssl.SSLWantReadError:
                 return b""
-            self._ready = True
-            pending, self._pending = self._pending, []
+            self.ready = True
+            pending, self._pending, self.pending = self._pending, [], 0
             for chunk in pending:
                 self._obj.write(chunk)
         chunks = []
-        while True:
+        while not self.closed_by_peer:
             try:
                 chunk = self._obj.read(65536)
             except ssl.SSLWantReadError:
@@ -48,21 +56,35 @@ class TlsSession:
                 chunk = b""
             if not chunk:                   # b"" (or ZeroReturn): the peer sent close_notify
                 self.closed_by_peer = True
-                try:
-                    self._obj.unwrap()      # answer with our close_notify
-                except ssl.SSLError:
-                    pass
                 break
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def encrypt(self, data: Any) -> None:
-        """Queue plaintext for sending (held back until the handshake is done)."""
-        if self._ready:
-            self._obj.write(data)
-        else:
-            self._pending.append(bytes(data))
+    def encrypt(self, data: Any) -> bytes:
+        """Encrypt plaintext; returns the records to send now (b"" while the handshake runs:
+        the plaintext waits for it)."""
+        if self._shut:
+            return b""
+        if not self.ready:
+            chunk = bytes(data)
+            self._pending.append(chunk)
+            self.pending += len(chunk)
+            return self._outgoing.read()
+        self._obj.write(data)
+        return self._outgoing.read()
 
     def take_output(self) -> bytes:
         """Everything the TLS engine has to send right now."""
+        return self._outgoing.read()
+
+    def shutdown(self) -> bytes:
+        """Our close_notify (after everything encrypted so far); b"" when it cannot be sent."""
+        if self._shut:
+            return b""
+        self._shut = True
+        if self.ready:
+            try:
+                self._obj.unwrap()
+            except (ssl.SSLWantReadError, ssl.SSLError, OSError):
+                pass    # unwrap waits for the peer's close_notify: ours is in the BIO already
         return self._outgoing.read()

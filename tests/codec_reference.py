@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reactor._reactor_native import ffi, lib
+from reactor._native import configure_codec, ffi, lib
 
 from reactor.codec import DelimiterProtocol, FixedLengthProtocol, LengthFieldProtocol, LineProtocol
 from reactor.protocol import ProtocolError
@@ -55,16 +55,11 @@ def python_frames(protocol: Any, stream: bytes, chunk: int = 0) -> tuple[list[by
 
 def native_frames(protocol: Any, stream: bytes) -> tuple[list[bytes], str | None, int]:
     """Frames the C splitter (pg_split) yields for the whole `stream` at once, with the codec
-    configured from protocol._native_codec()."""
-    spec = protocol._native_codec()
-    assert spec is not None
+    configured from protocol.native_plan()."""
+    plan = protocol.native_plan()
+    assert plan is not None and plan.split is not None
     codec = ffi.new("pg_codec *")
-    for key, value in spec.items():
-        if key == "delim":
-            codec.delim_len = len(value)
-            ffi.memmove(codec.delim, value, len(value))
-        else:
-            setattr(codec, key, value)
+    configure_codec(codec, plan.split)
     maxrows = len(stream) + 8
     rows = ffi.new("int32_t[]", 4 * maxrows)
     nrows = ffi.new("int *")

@@ -13,6 +13,24 @@ from ringbuf import RingBuffer, ViewBuffer
 
 HELLO = b"HELLO, WORLD"
 
+def _pack(proto):
+    """The native reply framing a codec's plan asks for, as a tuple (None: packet() runs)."""
+    plan = proto.native_plan()
+    if plan is None or plan.reply == "packet":
+        return None
+    if plan.reply == "suffix":
+        return ("suffix", plan.suffix)
+    if plan.reply == "header":
+        return ("uint", plan.header_width, plan.header_order)
+    return ("none",)
+
+
+def _codec(proto):
+    """The C splitter settings of a codec's plan (None: the Python path)."""
+    plan = proto.native_plan()
+    return plan.split if plan is not None else None
+
+
 
 def frames_all_ways(protocol, stream):
     """Python frames whole, byte by byte and in 3-byte chunks, and the C splitter's; all equal."""
@@ -51,21 +69,21 @@ def test_delimiter_multibyte_and_packet():
     frames, err, left = frames_all_ways(proto, b"a\r\nb\r\n\r\n\r\n\r\nrest\r\n\r")
     assert frames == [b"a\r\nb", b""] and err is None and left == 7
     assert proto.packet(None, memoryview(b"xy")) == b"xy\r\n\r\n"
-    assert proto._native_pack() == ("suffix", b"\r\n\r\n")
+    assert _pack(proto) == ("suffix", b"\r\n\r\n")
 
 
 def test_line_packet_and_native_pack():
     proto = LineProtocol()
     assert proto.packet(None, b"hi") == b"hi\n"
     assert proto.packet(None, bytearray(b"")) == b"\n"
-    assert proto._native_pack() == ("suffix", b"\n")
-    assert proto._native_codec() == {"type": 2, "delim": b"\n", "strip_cr": 1, "max_frame": 65536}
+    assert _pack(proto) == ("suffix", b"\n")
+    assert _codec(proto) == {"type": 2, "delim": b"\n", "strip_cr": 1, "max_frame": 65536}
 
 
 def test_delimiter_native_limits():
-    assert DelimiterProtocol(b"x" * 17)._native_codec() is None
-    assert DelimiterProtocol(b"x" * 16)._native_codec() is not None
-    assert LineProtocol(1 << 31)._native_codec() is None
+    assert _codec(DelimiterProtocol(b"x" * 17)) is None
+    assert _codec(DelimiterProtocol(b"x" * 16)) is not None
+    assert _codec(LineProtocol(1 << 31)) is None
     # the Python path still works where C cannot be configured
     proto = DelimiterProtocol(b"<" * 17 + b">")
     assert python_frames(proto, b"ab" + b"<" * 17 + b">c") == ([b"ab"], None, 1)
@@ -84,8 +102,8 @@ def test_fixed_length_frames():
     proto = FixedLengthProtocol(3)
     assert frames_all_ways(proto, b"abcdefgh") == ([b"abc", b"def"], None, 2)
     assert proto.packet(None, b"xyz") == b"xyz"
-    assert proto._native_pack() == ("none",)
-    assert proto._native_codec() == {"type": 3, "fixed": 3, "max_frame": 3}
+    assert _pack(proto) == ("none",)
+    assert _codec(proto) == {"type": 3, "fixed": 3, "max_frame": 3}
     with pytest.raises(ValueError):
         FixedLengthProtocol(0)
 
@@ -119,7 +137,7 @@ def test_length_field_default_is_u32_be_stripped():
     proto = LengthFieldProtocol()
     assert frames_all_ways(proto, b"\0\0\0\x03abc\0\0\0\0\0\0") == ([b"abc", b""], None, 2)
     assert proto.packet(None, b"abc") == b"\0\0\0\x03abc"
-    assert proto._native_pack() == ("uint", 4, "big")
+    assert _pack(proto) == ("uint", 4, "big")
 
 
 def test_length_field_little_endian_and_widths():
@@ -129,7 +147,7 @@ def test_length_field_little_endian_and_widths():
         wire = proto.packet(None, b"payload")
         assert wire == (7).to_bytes(width, "little") + b"payload"
         assert frames_all_ways(proto, wire * 2) == ([b"payload"] * 2, None, 0)
-        assert proto._native_pack() == ("uint", width, "little")
+        assert _pack(proto) == ("uint", width, "little")
 
 
 def test_length_field_too_long_detected_at_header():
@@ -160,7 +178,7 @@ def test_length_field_packet_inverts_unpacket(kwargs, stream, frame):
     proto = LengthFieldProtocol(**kwargs)
     wire = proto.packet(None, frame)
     assert python_frames(proto, wire) == ([frame], None, 0)
-    pack = proto._native_pack()
+    pack = _pack(proto)
     if pack is not None and pack[0] == "none":
         assert wire == frame
 
@@ -177,8 +195,8 @@ def test_length_field_config_checks():
                 {"max_frame_length": 0}, {"initial_bytes_to_strip": -1}):
         with pytest.raises(ValueError):
             LengthFieldProtocol(**bad)
-    assert LengthFieldProtocol(max_frame_length=1 << 31)._native_codec() is None
-    assert LengthFieldProtocol(max_frame_length=(1 << 31) - 1)._native_codec()["max_frame"] == (1 << 31) - 1
+    assert _codec(LengthFieldProtocol(max_frame_length=1 << 31)) is None
+    assert _codec(LengthFieldProtocol(max_frame_length=(1 << 31) - 1))["max_frame"] == (1 << 31) - 1
 
 
 def test_codecs_raise_max_pending_for_large_frames():
@@ -239,7 +257,7 @@ def test_packet_then_unpacket_round_trips(proto, messages):
         too_big = isinstance(proto, LengthFieldProtocol) and any(
             len(m) + proto.initial_bytes_to_strip > proto.max_frame_length for m in messages)
         assert (frames, err, left) == ((messages, None, 0) if not too_big else (frames, "too long", -1))
-    pack = proto._native_pack()
+    pack = _pack(proto)
     for m in messages:
         if pack is None:
             break

@@ -195,12 +195,14 @@ def test_send_inside_on_message_goes_before_the_return_value() -> None:
 
 
 # -- addresses and data type -----------------------------------------------------------------
-def test_addresses_and_memoryview_data() -> None:
-    kinds: list[type] = []
+def test_addresses_and_message_types() -> None:
+    """Messages shorter than view_threshold are bytes (cheap for ordinary handler code), longer
+    ones memoryviews over the read buffer (zero copy); echoing either returns the same bytes."""
+    kinds: list[tuple[type, int]] = []
 
     class Kinds(EchoRecorder):
         def on_message(self, conn: Connection, ctx: Any, data: Any) -> Any:
-            kinds.append(type(data))
+            kinds.append((type(data), len(data)))
             return data
 
     handler = Kinds()
@@ -214,7 +216,45 @@ def test_addresses_and_memoryview_data() -> None:
             assert conn.connected
             sock.sendall(b"hello")
             assert recv_exactly(sock, 5) == b"hello"
-        assert kinds and all(k is memoryview for k in kinds)
+            big = bytes(range(256)) * 40           # 10,240 bytes: one read, over the threshold
+            kinds.clear()
+            sock.sendall(big)
+            assert recv_exactly(sock, len(big)) == big
+        assert sum(n for _, n in kinds) == len(big)
+        assert all((k is memoryview) == (n >= 4096) for k, n in kinds)
+    kinds.clear()
+    handler = Kinds()
+    with serve(handler, view_threshold=0) as srv:
+        sock, conn = connect_and_wait(srv, handler)
+        with sock:
+            sock.sendall(b"hello")
+            assert recv_exactly(sock, 5) == b"hello"
+    assert kinds == [(memoryview, 5)]
+    kinds.clear()
+    handler = Kinds()
+    with serve(handler, view_threshold=None) as srv:
+        sock, conn = connect_and_wait(srv, handler)
+        with sock:
+            sock.sendall(b"x" * 20000)
+            assert recv_exactly(sock, 20000) == b"x" * 20000
+    assert kinds and all(k is bytes for k, n in kinds)
+
+
+def test_small_message_is_bytes_by_default() -> None:
+    kinds: list[type] = []
+
+    class Kinds(EchoRecorder):
+        def on_message(self, conn: Connection, ctx: Any, data: Any) -> Any:
+            kinds.append(type(data))
+            return data
+
+    handler = Kinds()
+    with serve(handler) as srv:
+        sock, conn = connect_and_wait(srv, handler)
+        with sock:
+            sock.sendall(b"hello")
+            assert recv_exactly(sock, 5) == b"hello"
+    assert kinds == [bytes]
 
 
 def test_addresses_stay_readable_in_on_close_and_after() -> None:
