@@ -72,7 +72,7 @@ class Connection:
         if self._state or self._shut:
             raise ConnectionClosed(f"{self!r} is closed")
         loop = self._loop
-        if loop._thread_id == _get_ident():
+        if loop.thread_id == _get_ident():
             loop.send(self, data, True)
         else:
             loop.post_send(self, data, True)
@@ -82,7 +82,7 @@ class Connection:
         if self._state or self._shut:
             raise ConnectionClosed(f"{self!r} is closed")
         loop = self._loop
-        if loop._thread_id == _get_ident():
+        if loop.thread_id == _get_ident():
             loop.send(self, data, False)
         else:
             loop.post_send(self, data, False)
@@ -96,10 +96,10 @@ class Connection:
         if self._state:
             return
         loop = self._loop
-        if loop._thread_id == _get_ident():
-            loop.close(self, error, "local")
+        if loop.thread_id == _get_ident():
+            loop.closer.close(self, error, "local")
         else:
-            loop.call_soon(loop.close, self, error, "local")
+            loop.call_soon(loop.closer.close, self, error, "local")
 
     def shutdown_write(self) -> None:
         """Send FIN once queued output is flushed; reading goes on until the peer closes.
@@ -107,7 +107,7 @@ class Connection:
         if self._state:
             raise ConnectionClosed(f"{self!r} is closed")
         loop = self._loop
-        if loop._thread_id == _get_ident():
+        if loop.thread_id == _get_ident():
             loop.shutdown_write(self)
         else:
             loop.call_soon(loop.shutdown_write, self)
@@ -141,14 +141,14 @@ class Connection:
         """What getpeername() returns: (host, port), an IPv6 4-tuple, or a unix path.  Kept
         after close, whatever closed the connection (taken from accept's result)."""
         if self._peer is None and self._fd >= 0:
-            self._peer = self._loop.peer_address(self._fd)
+            self._peer = self._loop.addresses.peer(self._fd)
         return self._peer
 
     @property
     def local_addr(self) -> Any:
         """What getsockname() returns; kept after close."""
         if self._local is None and self._fd >= 0:
-            self._local = self._loop.local_address(self._fd)
+            self._local = self._loop.addresses.local(self._fd)
         return self._local
 
     @property

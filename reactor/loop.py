@@ -7,13 +7,16 @@ due timers -> the output flush (output.py: one sendmsg per connection) -> the ar
 checked (reading.Arena).  Nothing is written to a socket except by the flush or by the output
 ring draining on writability.
 
-Order of flush and close: `close()` marks a connection CLOSING and dirty; the flush writes what
-is queued (the reply of the call that closed it included), and only after pg_flush returns does
-`after_write` send the FIN and finish: callbacks run, then the fd either closes at once (the
-peer already sent FIN) or lingers with PG_F_DISCARD, its input read and dropped until the
-peer's FIN or LINGER_DRAIN seconds, so that unread input cannot turn our close into an RST
-that destroys replies still in flight (nginx's lingering close).  A reset or an output error
-aborts: no flush, the fd closes at once.  The fd number is never reused while pygev holds it.
+The loop owns the thread, the poller, the inbox and the timers; the pieces of a turn live in
+their own modules: reading.py (rows -> handler calls), output.py (queued output, the flush),
+closing.py (how connections end: the order of flush and close, lingering, deadlines, stop),
+admission.py (accepting: cap, balancing, addresses).  The fd number is never reused while
+pygev holds it: it is closed only after the flush that could write to it.
+
+Cross-thread work (send() from a thread, accepted fds for this loop, timers, close) goes
+through the inbox under one lock, with one eventfd wake-up per burst; a turn runs at most
+INBOX_BATCH of it, so a thread that sends in a tight loop cannot starve polling and flushing.
+An fd handed over after the loop finished is closed by the hand-over itself (`adopt`).
 """
 from __future__ import annotations
 
@@ -21,20 +24,21 @@ import bisect
 import errno
 import logging
 import os
-import socket
-import sys
 import threading
 from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._native import (F_DISCARD, KIND_CONN, KIND_LISTEN, KIND_WAKE, R_ACCEPT, R_ACCEPT_ERROR, R_EOF,
-                      R_ERROR, check, configure_codec, ffi, lib)
-from .connection import CLOSED, CLOSING, OPEN, Connection
-from .errors import OutputLimitExceeded, PeerTimeout, ProtocolError, close_reason
+from ._native import (KIND_CONN, KIND_LISTEN, KIND_WAKE, R_ACCEPT, R_ACCEPT_ERROR, R_EOF, R_ERROR,
+                      check, configure_codec, ffi, lib)
+from .admission import ADDR_ENTRY, fd_table_size
+from .closing import Closer
+from .connection import CLOSED, OPEN, Connection
+from .errors import OutputLimitExceeded
 from .output import Output
 from .poller import Poller
 from .reading import MAX_ROWS, Arena, Reader
+from .stats import TURN_BUCKETS
 from .timers import Timer, TimerQueue
 from .tls import TlsSession
 
@@ -45,39 +49,8 @@ log = logging.getLogger("reactor.loop")
 
 ARENA_SIZE = 4 << 20        # per-loop read arena (pages are touched only as far as reads reach)
 MAX_EVENTS = 1024
-ADDR_ENTRY = 32             # bytes of accept's peer address kept per fd (a sockaddr_in6 is 28)
 INBOX_BATCH = 1024          # cross-thread calls run per turn at most (the rest wait a turn)
-LINGER = 5.0                # a closing connection that makes no write progress this long is dropped
-LINGER_DRAIN = 2.0          # after our FIN, input is read and dropped this long at most
-STOP_LIMIT = 30.0           # stop(timeout=None) flushes for this long at most, progress or not
-TURN_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
-_RESET = (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT)
-_SERVER_SIDE = ("local", "idle", "stop")    # closes that say goodbye (protocol.closing, close_notify)
-
-
-def _fd_table_size() -> int:
-    try:
-        import resource
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    except (ImportError, ValueError, OSError):
-        hard = 65536
-    if hard < 0 or hard > (1 << 22):
-        hard = 1 << 22
-    return max(hard, 1024)
-
-
-def _decode_sockaddr(raw: bytes) -> Any:
-    """A sockaddr_storage as socket.getpeername() would return it."""
-    family = int.from_bytes(raw[0:2], sys.byteorder)
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, raw[4:8]), int.from_bytes(raw[2:4], "big")
-    if family == socket.AF_INET6:
-        return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), int.from_bytes(raw[2:4], "big"),
-                int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], sys.byteorder))
-    if family == socket.AF_UNIX:
-        return raw[2:].split(b"\0", 1)[0].decode(errors="surrogateescape")
-    return None
 
 
 class EventLoop:
@@ -99,14 +72,10 @@ class EventLoop:
         self._inbox_lock = threading.Lock()
         self._inbox_closed = False
         self._wake_pending = False
-        self._thread_id: int | None = None
+        self.thread_id: int | None = None
         self._running = False
         self._stopping = False
-        self._stop_deadline: float | None = None
-        self._lingering: set[Connection] = set()
-        self._draining: dict[int, float] = {}
         self.now = monotonic()
-        self._idle = opts.idle_timeout
         self._slow = opts.slow_callback
         self.frame_timeout = opts.frame_timeout
         self._handshake_timeout = opts.handshake_timeout
@@ -114,7 +83,6 @@ class EventLoop:
         # counters read by metrics (plain ints on the hot path)
         self.accepted = 0
         self.rx = 0
-        self.closed_by_reason: dict[str, int] = {}
         self.turn_counts = [0] * (len(TURN_BUCKETS) + 1)
         self.turn_sum = 0.0
         self._L: Any = None           # the native pg_loop struct, once opened
@@ -124,15 +92,16 @@ class EventLoop:
         self.out = Output(self, plan, packet, opts.write_high_water, opts.write_low_water)
         self.reader = Reader(self, plan, opts.view_threshold, opts.read_buffer_size,
                              getattr(self.protocol, "max_pending", 16 << 20))
-        self._on_eof = getattr(self.handler, "on_eof", None)
+        self.closer = Closer(self)
+        self.addresses: Any = None
 
     # ------------------------------------------------------------------------------------
     # set-up and tear-down
     # ------------------------------------------------------------------------------------
-    def open(self, addrs: Any = None) -> None:
+    def open(self, addresses: Any) -> None:
         """Create the poller, wake-up fd and native buffers (on start, never at construction).
-        `addrs`: the server's table of accepted peer addresses (the accepting loop fills it)."""
-        self._poller = Poller()
+        `addresses`: the server's AddressBook of accepted peers (the accepting loop fills it)."""
+        self.poller = self._poller = Poller()
         wake = ffi.new("int[2]")
         check(lib.pg_wake_open(wake), "eventfd")
         self._wake_r, self._wake_w = wake[0], wake[1]
@@ -142,9 +111,9 @@ class EventLoop:
         self._events = raw("char[]", Poller.event_size() * MAX_EVENTS)
         self.rows = ffi.new("int32_t[]", 4 * MAX_ROWS)
         self.rows_mv = memoryview(ffi.buffer(self.rows)).cast("i")
-        self._nflags = _fd_table_size()
+        self._nflags = fd_table_size()
         self._flags = ffi.new("unsigned char[]", self._nflags)
-        self._addrs = addrs
+        self.addresses = addresses
         # One struct carries all of the above to the glue: each call passes a single pointer.
         L = self._L = ffi.new("pg_loop *")
         L.pfd = self._poller.fd
@@ -152,8 +121,7 @@ class EventLoop:
         L.fdflags, L.nflags = self._flags, self._nflags
         L.arena, L.arena_size, L.read_max = self.arena.cdata, ARENA_SIZE, self.server.options.read_buffer_size
         L.rows, L.maxrows = self.rows, MAX_ROWS
-        if addrs is not None:
-            L.addrs, L.addr_size = addrs, ADDR_ENTRY
+        L.addrs, L.addr_size = addresses.table, ADDR_ENTRY
         self.out.bind(L)
         self.codec = ffi.addressof(L, "codec")
         configure_codec(self.codec, self._plan.split if self._plan is not None else None)
@@ -161,11 +129,6 @@ class EventLoop:
             threshold = self.server.options.view_threshold
             self.codec.lines = 1
             self.codec.small = (1 << 62) if threshold is None else threshold
-
-    @staticmethod
-    def fd_table_size() -> int:
-        """Entries of the per-fd tables (flags, peer addresses): the fd hard limit."""
-        return _fd_table_size()
 
     def add_listener(self, fd: int, nodelay: bool, flag: int) -> None:
         self.set_flag(fd, flag if nodelay else 0)
@@ -189,9 +152,9 @@ class EventLoop:
         for fn, args in left:
             if fn == self.adopt_now:
                 lib.pg_close(args[0])
-                self.server.released()
-        for fd in list(self._draining):
-            self._close_drained(fd)
+                self.server.admission.released()
+        for fd in list(self.closer.draining):
+            self.closer.drained(fd)
         self._poller.close()
         lib.pg_close(self._wake_r)
         if self._wake_w != self._wake_r:
@@ -237,7 +200,7 @@ class EventLoop:
 
     def call_here(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run fn(*args) now when on this loop's thread, else at its next turn."""
-        if self._thread_id == threading.get_ident():
+        if self.thread_id == threading.get_ident():
             fn(*args)
         else:
             self.call_soon(fn, *args)
@@ -265,10 +228,10 @@ class EventLoop:
         return self.out.backpressure_pauses
 
     def in_loop_thread(self) -> bool:
-        return self._thread_id == threading.get_ident()
+        return self.thread_id == threading.get_ident()
 
     def _schedule(self, timer: Timer) -> None:
-        if self._thread_id is None or self._thread_id == threading.get_ident():
+        if self.thread_id is None or self.thread_id == threading.get_ident():
             self._push_timer(timer)
         else:
             self.call_soon(self._push_timer, timer)
@@ -286,7 +249,7 @@ class EventLoop:
                 fd = -1
         if fd >= 0:
             lib.pg_close(fd)
-            self.server.released()
+            self.server.admission.released()
         else:
             self._wake()
 
@@ -319,7 +282,7 @@ class EventLoop:
     # ------------------------------------------------------------------------------------
     def run(self) -> None:
         """Serve until stopped (called by the Server on this loop's thread)."""
-        self._thread_id = threading.get_ident()
+        self.thread_id = threading.get_ident()
         self._running = True
         try:
             while True:
@@ -337,7 +300,7 @@ class EventLoop:
 
     def _turn(self) -> None:
         deadline = self._deadline      # earliest timer (a cancelled one just wakes us once)
-        if self._inbox or self.out._dirty:
+        if self._inbox or self.out.pending_flush:
             timeout = 0
         elif deadline is None:
             timeout = 100 if self._stopping else -1
@@ -357,7 +320,7 @@ class EventLoop:
             self._drain_inbox()
         if deadline is not None and deadline <= now + 0.0005:
             self._run_timers()
-        if self.out._dirty:
+        if self.out.pending_flush:
             self.out.flush()
         if self.arena.end_turn():
             self._L.arena = self.arena.cdata
@@ -373,11 +336,11 @@ class EventLoop:
     def orphan_row(self, fd: int, a: int, b: int, code: int) -> None:
         """A row without a connection: accepts, accept errors, and lingering closes."""
         if code == R_ACCEPT:
-            self.server.on_accept(self, a, b)
+            self.server.admission.on_accept(self, a, b)
         elif code == R_ACCEPT_ERROR:
-            self.server.on_accept_error(self, fd, a)
-        elif fd in self._draining and code in (R_EOF, R_ERROR):
-            self._close_drained(fd)
+            self.server.admission.on_accept_error(self, fd, a)
+        elif code in (R_EOF, R_ERROR):
+            self.closer.drained(fd)
         # R_WAKE: the inbox is drained after the rows; rows of closed fds are dropped
 
     # ------------------------------------------------------------------------------------
@@ -399,8 +362,8 @@ class EventLoop:
     def _over_limit(self, conn: Connection) -> None:
         log.warning("dropping %r: %d bytes of unsent output exceed write_limit (%d)", conn,
                     self.pending_write(conn), self._write_limit)
-        self.abort(conn, OutputLimitExceeded(f"unsent output exceeds write_limit ({self._write_limit})"),
-                   "write_limit")
+        error = OutputLimitExceeded(f"unsent output exceeds write_limit ({self._write_limit})")
+        self.closer.abort(conn, error, "write_limit")
 
     def _send_posted(self, conn: Connection, data: Any, packet: bool, size: int) -> None:
         with self._inbox_lock:
@@ -409,7 +372,7 @@ class EventLoop:
             try:
                 self.send(conn, data, packet)
             except Exception as exc:
-                self.fail(conn, exc)
+                self.closer.fail(conn, exc)
 
     def pending_write(self, conn: Connection) -> int:
         n = self.out.pending(conn) + conn._posted
@@ -424,7 +387,7 @@ class EventLoop:
         readable = conn._state == OPEN and not conn._paused and not conn._eof
         writable = conn._out is not None
         if writable and conn._state != OPEN:
-            self._lingering.add(conn)
+            self.closer.lingering.add(conn)
         self._poller.modify(conn._fd, KIND_CONN, readable, writable)
 
     def set_reading(self, conn: Connection, on: bool) -> None:
@@ -433,50 +396,11 @@ class EventLoop:
         conn._paused = (conn._paused & ~2) if on else (conn._paused | 2)
         self.update_interest(conn)
 
-    def after_write(self, conn: Connection) -> None:
-        """Everything queued has been written: carry out a pending FIN or close."""
-        if conn._out is not None and len(conn._out):
-            return
-        if conn._shut == 1:
-            conn._shut = 2
-            lib.pg_shutdown_write(conn._fd)
-        if conn._state == CLOSING:
-            self._finish(conn, linger=True)
-
     def shutdown_write(self, conn: Connection) -> None:
         if conn._state != OPEN or conn._shut:
             return
         conn._shut = 1
-        self.out._mark(conn)          # the flush sends what is queued, then the FIN
-
-    # ------------------------------------------------------------------------------------
-    # addresses
-    # ------------------------------------------------------------------------------------
-    def peer_address(self, fd: int) -> Any:
-        """The peer of an open fd: from accept's result when this server accepted it."""
-        table = self._addrs
-        if table is not None and 0 <= fd < self._nflags:
-            raw = bytes(ffi.buffer(table + fd * ADDR_ENTRY, ADDR_ENTRY))
-            if raw[0] or raw[1]:
-                addr = _decode_sockaddr(raw)
-                if addr is not None:
-                    return addr
-        return self._sock_name(fd, True)
-
-    def local_address(self, fd: int) -> Any:
-        return self._sock_name(fd, False)
-
-    @staticmethod
-    def _sock_name(fd: int, peer: bool) -> Any:
-        if fd < 0:
-            return None
-        s = socket.socket(fileno=fd)
-        try:
-            return s.getpeername() if peer else s.getsockname()
-        except OSError:
-            return None
-        finally:
-            s.detach()
+        self.out.mark(conn)           # the flush sends what is queued, then the FIN
 
     # ------------------------------------------------------------------------------------
     # connections: open and close
@@ -485,7 +409,7 @@ class EventLoop:
         """Take ownership of an accepted fd: register it and run the connect callbacks."""
         if self._stopping:
             lib.pg_close(fd)
-            self.server.released()
+            self.server.admission.released()
             return
         conn = Connection(self, fd, self.now)
         if self.tls:
@@ -499,119 +423,16 @@ class EventLoop:
         except OSError as exc:
             self.conns.pop(fd, None)
             lib.pg_close(fd)
-            self.server.released()
+            self.server.admission.released()
             log.warning("cannot register connection fd %d: %s", fd, exc)
             return
-        self.server.configure_socket(fd)
-        if self._addrs is not None:
-            conn._peer = self.peer_address(fd)
+        self.server.admission.configure(fd)
+        conn._peer = self.addresses.peer(fd)
         try:
             self.protocol.connection_made(conn)
             self.handler.on_connect(conn)
         except Exception as exc:
-            self.fail(conn, exc)
-
-    def fail(self, conn: Connection, exc: BaseException) -> None:
-        """User code raised: log it with its traceback and close only this connection."""
-        log.error("handler error on %r, closing it", conn, exc_info=exc)
-        self.close(conn, exc, "error")
-
-    def bad_input(self, conn: Connection, reason: str, exc: BaseException | None = None) -> None:
-        log.warning("closing %r: bad input: %s", conn, reason)
-        self.close(conn, exc if exc is not None else ProtocolError(reason), "bad_input")
-
-    def peer_eof(self, conn: Connection) -> None:
-        """The peer half-closed.  Handler.on_eof decides: True keeps the connection open for
-        sending (closed later by the handler, idle_timeout or stop); else it closes once
-        queued output is flushed."""
-        if conn._eof or conn._state != OPEN:
-            return
-        conn._eof = True
-        self.update_interest(conn)
-        keep = None
-        if self._on_eof is not None:
-            try:
-                keep = self._on_eof(conn)
-            except Exception as exc:
-                self.fail(conn, exc)
-                return
-        if not keep:
-            self.close(conn, None, "peer")
-
-    def close(self, conn: Connection, error: BaseException | None, reason: str) -> None:
-        """Graceful close: stop reading, say goodbye (protocol, TLS), flush, then finish."""
-        if conn._state != OPEN:
-            return
-        reason = close_reason(error, reason)
-        if reason in _SERVER_SIDE or isinstance(error, PeerTimeout):
-            try:
-                self.protocol.closing(conn, reason)
-            except Exception:
-                log.exception("%s.closing raised", type(self.protocol).__name__)
-        tls = conn._tls
-        if tls is not None and reason != "bad_input":
-            self.out.wire(conn, tls.shutdown())
-        conn._state = CLOSING
-        conn._error = error
-        conn._reason = reason
-        self.update_interest(conn)
-        self.out._mark(conn)          # the flush writes what is queued, then finishes
-
-    def abort(self, conn: Connection, error: BaseException | None, reason: str) -> None:
-        """Close now, dropping unsent output (the peer is gone or broken)."""
-        if conn._state == CLOSED:
-            return
-        if conn._state == OPEN:
-            conn._error = error
-            conn._reason = reason
-        conn._state = CLOSING
-        self._finish(conn, linger=False)
-
-    def abort_errno(self, conn: Connection, err: int) -> None:
-        """A socket call failed with `err`: close now with the OSError (a reset, or another error)."""
-        self.abort(conn, OSError(err, os.strerror(err)), "reset" if err in _RESET else "error")
-
-    def _finish(self, conn: Connection, linger: bool) -> None:
-        if conn._state == CLOSED:
-            return
-        conn._state = CLOSED
-        fd = conn._fd
-        self.conns.pop(fd, None)
-        self._lingering.discard(conn)
-        conn._out = conn._in = conn._q = conn._parts = None
-        reason = conn._reason
-        self.closed_by_reason[reason] = self.closed_by_reason.get(reason, 0) + 1
-        self.server.released()
-        error = conn._error
-        # Addresses outlive the socket (like asyncio's cached peername).  Callbacks run while
-        # the fd is open; nothing can be sent.
-        if conn._peer is None:
-            conn._peer = self.peer_address(fd)
-        if conn._local is None:
-            conn._local = self.local_address(fd)
-        try:
-            self.protocol.connection_lost(conn, error)
-        except Exception:
-            log.exception("%s.connection_lost raised", type(self.protocol).__name__)
-        try:
-            self.handler.on_close(conn, error)
-        except Exception:
-            log.exception("%s.on_close raised", type(self.handler).__name__)
-        conn._fd = -1          # before the number can be reused by another accept
-        if linger and not conn._eof and not self._stop_deadline_passed():
-            if conn._shut != 2:
-                lib.pg_shutdown_write(fd)
-            self.set_flag(fd, F_DISCARD)
-            self._poller.modify(fd, KIND_CONN, True, False)
-            self._draining[fd] = self.now + LINGER_DRAIN
-        else:
-            self.set_flag(fd, 0)
-            lib.pg_close(fd)
-
-    def _close_drained(self, fd: int) -> None:
-        self._draining.pop(fd, None)
-        self.set_flag(fd, 0)
-        lib.pg_close(fd)
+            self.closer.fail(conn, exc)
 
     # ------------------------------------------------------------------------------------
     # inbox, timers, housekeeping, stop
@@ -651,37 +472,8 @@ class EventLoop:
                 self._timers.push(timer)
         self._deadline = self._timers.next_deadline()
 
-    def _sweep(self) -> None:
-        """Periodic: idle timeouts, phase deadlines, lingering closes, quiet rings dropped."""
-        now = self.now
-        idle = self._idle
-        for conn in list(self.conns.values()):
-            if conn._state == OPEN:
-                deadline = conn._deadline
-                if deadline is not None and now >= deadline:
-                    tls = conn._tls
-                    if tls is not None and not tls.ready:
-                        self.close(conn, PeerTimeout("TLS handshake not finished within "
-                                                     f"{self._handshake_timeout} s",
-                                                     "handshake_timeout"), "timeout")
-                    else:
-                        self.close(conn, PeerTimeout(f"a message begun was not finished within "
-                                                     f"{self.frame_timeout} s", "frame_timeout"),
-                                   "timeout")
-                elif idle is not None and now - conn._last >= idle:
-                    self.close(conn, PeerTimeout(f"idle for {idle} s", "idle"), "idle")
-                elif conn._in is not None and not len(conn._in) and now - conn._last >= 1.0:
-                    conn._in = None
-        for conn in list(self._lingering):
-            if now - conn._last >= LINGER or self._stop_deadline_passed():
-                self.abort(conn, conn._error, conn._reason)
-        for fd, until in list(self._draining.items()):
-            if now >= until:
-                self._close_drained(fd)
-
     def start_housekeeping(self) -> None:
-        period = 1.0 if self._idle is None else max(0.05, min(0.5, self._idle / 2))
-        self.run_every(period, self._sweep)
+        self.run_every(self.closer.sweep_period(), self.closer.sweep)
 
     def begin_stop(self, timeout: float | None) -> None:
         """Stop: no new reads; flush for at most `timeout` seconds, then close what is left."""
@@ -689,24 +481,14 @@ class EventLoop:
             return
         self._stopping = True
         if self.index == 0:
-            self.server.close_listeners()
-        self._stop_deadline = monotonic() + (STOP_LIMIT if timeout is None else timeout)
-        for conn in list(self.conns.values()):
-            self.close(conn, None, "stop")
-
-    def _stop_deadline_passed(self) -> bool:
-        return self._stop_deadline is not None and monotonic() >= self._stop_deadline
+            self.server.admission.close_listeners()
+        self.closer.begin_stop(timeout)
 
     def _stop_step(self) -> bool:
         """True when this loop may exit: everything flushed and drained, or the deadline passed."""
-        if self.out._dirty or self._inbox:
+        if self.out.pending_flush or self._inbox:
             return False
-        if self._stop_deadline_passed():
-            for conn in list(self.conns.values()):
-                self.abort(conn, conn._error, conn._reason or "stop")
-            for fd in list(self._draining):
-                self._close_drained(fd)
-        return not self.conns and not self._draining
+        return self.closer.stopped()
 
 
-__all__ = ["EventLoop", "LINGER_DRAIN", "STOP_LIMIT", "TURN_BUCKETS"]
+__all__ = ["EventLoop"]

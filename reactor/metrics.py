@@ -1,6 +1,6 @@
 """Prometheus metrics for a Server, read from its plain counters only when scraped.
 
-The hot path never calls prometheus_client: the loops bump plain ints, `Server._stats()` gathers
+The hot path never calls prometheus_client: the loops bump plain ints, `Server.stats()` gathers
 them into a dict, and `StatsCollector` turns that dict into metric families at scrape time.
 `MetricsExporter` serves them over HTTP on loopback unless told otherwise, from one thread
 running a small selector-based HTTP/1.1 server (`_HttpServer`); prometheus_client only renders
@@ -16,7 +16,7 @@ are kept alive between scrapes (idle ones are closed after `HEAD_TIMEOUT`); HTTP
 `Connection: close` close after the response.
 
 Workers: with `workers=N` the exporter runs in the supervising parent only.  Each worker child
-pushes its `_stats()` to the parent over a pipe every `reactor.workers.PUBLISH_INTERVAL` seconds
+pushes its `stats()` to the parent over a pipe every `reactor.workers.PUBLISH_INTERVAL` seconds
 (and once more when it stops); the parent's `WorkerPool.stats()` sums the latest figures of
 every worker, keeping the counters of workers that died, so one scrape of the parent shows the
 whole server.  Figures from a worker may therefore lag by up to one publish interval.
@@ -63,7 +63,7 @@ Stats = dict[str, Any]
 
 
 def empty_stats() -> Stats:
-    """A `_stats()`-shaped dict with every figure at zero (the sum of no processes)."""
+    """A `stats()`-shaped dict with every figure at zero (the sum of no processes)."""
     return {
         "connections": 0,
         "accepted": 0,
@@ -100,7 +100,7 @@ def _bound_label(bound: float) -> str:
 
 
 class StatsCollector(Collector):
-    """A prometheus_client Collector that reads a stats dict (Server._stats() format) per scrape."""
+    """A prometheus_client Collector that reads a stats dict (Server.stats() format) per scrape."""
 
     def __init__(self, read_stats: Callable[[], Stats], extra: Callable[[], Iterable[Metric]] | None = None):
         self._read_stats = read_stats
@@ -557,13 +557,13 @@ class MetricsExporter:
         self.registry.register(StatsCollector(self._read_stats, self._extra_metrics))
 
     def _read_stats(self) -> Stats:
-        pool = getattr(self._server, "_worker_pool", None)
+        pool = getattr(self._server, "worker_pool", None)
         if pool is not None:
             return pool.stats()
-        return self._server._stats()
+        return self._server.stats()
 
     def _extra_metrics(self) -> Iterator[Metric]:
-        pool = getattr(self._server, "_worker_pool", None)
+        pool = getattr(self._server, "worker_pool", None)
         if pool is None:
             return
         yield GaugeMetricFamily("pygev_workers", "Worker processes alive.", value=pool.alive_count)

@@ -112,7 +112,8 @@ class Output:
     # ------------------------------------------------------------------------------------
     # queueing (loop thread)
     # ------------------------------------------------------------------------------------
-    def _mark(self, conn: Connection) -> None:
+    def mark(self, conn: Connection) -> None:
+        """Put `conn` on the list of connections the next flush visits."""
         if not conn._dirty:
             conn._dirty = True
             self.dirty_append(conn)
@@ -128,7 +129,7 @@ class Output:
         q = conn._q
         if q is None:
             conn._q = [data]
-            self._mark(conn)
+            self.mark(conn)
         else:
             q.append(data)
 
@@ -156,7 +157,7 @@ class Output:
         parts = conn._parts
         if parts is None:
             conn._parts = [kind, a, b]
-            self._mark(conn)
+            self.mark(conn)
         elif kind == O_ARENA and parts[-3] == O_ARENA and parts[-2] + parts[-1] == a:
             parts[-1] += b
         else:
@@ -186,9 +187,14 @@ class Output:
         parts = conn._parts
         if parts is None:
             conn._parts = [kind, a, n]
-            self._mark(conn)
+            self.mark(conn)
         else:
             parts += (kind, a, n)
+
+    @property
+    def pending_flush(self) -> bool:
+        """Some connection has output (or a FIN or close) waiting for the flush."""
+        return bool(self._dirty)
 
     # ------------------------------------------------------------------------------------
     # sizes
@@ -245,7 +251,7 @@ class Output:
         self._keep.clear()
         for conn in finishing:
             if conn._out is None and conn._state != CLOSED:
-                loop.after_write(conn)
+                loop.closer.after_write(conn)
 
     def _write(self, groups: list[Connection], spec: list[int]) -> None:
         L = self._L
@@ -303,7 +309,7 @@ class Output:
         for index, written, _total in zip(it, it, it):
             conn = groups[index]
             if written < 0:
-                self._loop.abort_errno(conn, -written)
+                self._loop.closer.abort_errno(conn, -written)
                 continue
             start = starts[index]
             self._spill(conn, spec[start:start + 3 * spec[start - 1]], written)
@@ -327,7 +333,7 @@ class Output:
             self.sent_bytes += res
             conn._last = loop.now
         elif res < 0 and not loop.would_block(-res):
-            loop.abort_errno(conn, -res)
+            loop.closer.abort_errno(conn, -res)
             return
         if len(ring):
             if conn._paused & 1 and len(ring) <= self._low:
@@ -337,7 +343,7 @@ class Output:
             conn._out = None
             conn._paused &= ~1
             loop.update_interest(conn)
-            loop.after_write(conn)
+            loop.closer.after_write(conn)
 
 
 __all__ = ["Output", "bytes_like"]

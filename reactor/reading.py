@@ -207,7 +207,7 @@ class Reader:
                 else:
                     out.reply(conn, res, self._source)
             except Exception as exc:
-                loop.fail(conn, exc)
+                loop.closer.fail(conn, exc)
 
     def _dispatch_frames(self, rows: list[int]) -> None:
         """Built-in codecs: frames were split in C; each goes to on_message.  Replies are
@@ -283,7 +283,7 @@ class Reader:
                 else:
                     out.reply(conn, res, self._source)
             except Exception as exc:
-                loop.fail(conn, exc)
+                loop.closer.fail(conn, exc)
 
     def _lines(self, conn: Connection, a: int, b: int) -> None:
         """A run of small delimited frames (PG_R_LINES): split by CPython's bytes.split, which
@@ -315,7 +315,7 @@ class Reader:
                     else:
                         out.reply(conn, res, self._source)
             except Exception as exc:
-                self._loop.fail(conn, exc)
+                self._loop.closer.fail(conn, exc)
                 return
             if conn._state:
                 return
@@ -356,11 +356,11 @@ class Reader:
                 conn._last = loop.now
                 self._read_into_ring(conn)
         elif code == R_EOF:
-            loop.peer_eof(conn)
+            loop.closer.peer_eof(conn)
         elif code == R_ERROR:
-            loop.abort_errno(conn, a)
+            loop.closer.abort_errno(conn, a)
         elif code == R_FRAME_ERROR:
-            loop.bad_input(conn, self._frame_error_text(a, b))
+            loop.closer.bad_input(conn, self._frame_error_text(a, b))
 
     def _frame_error_text(self, reason: int, length: int) -> str:
         plan = self._protocol.native_plan()
@@ -404,9 +404,9 @@ class Reader:
             else:
                 self._unpack_ring(conn)
         elif res == 0:
-            loop.peer_eof(conn)
+            loop.closer.peer_eof(conn)
         elif not loop.would_block(-res):
-            loop.abort_errno(conn, -res)
+            loop.closer.abort_errno(conn, -res)
 
     def _split_ring(self, conn: Connection) -> None:
         """Split the built-in codec's frames out of the input ring with the native splitter."""
@@ -430,7 +430,7 @@ class Reader:
             msg: Any = None
             for _fd, a, b, code in zip(it, it, it, it):
                 if code == R_FRAME_ERROR:
-                    loop.bad_input(conn, self._frame_error_text(a, b))
+                    loop.closer.bad_input(conn, self._frame_error_text(a, b))
                     stop = True
                     break
                 if conn._state != OPEN:
@@ -442,7 +442,7 @@ class Reader:
                     if res is not None:
                         out.reply(conn, res, self._source)
                 except Exception as exc:
-                    loop.fail(conn, exc)
+                    loop.closer.fail(conn, exc)
                     stop = True
                     break
             del msg, view
@@ -474,7 +474,7 @@ class Reader:
                 plain = tls.feed(view)
             except Exception as exc:        # ssl.SSLError, or a TLS engine failure
                 loop.out.wire(conn, tls.take_output())     # the alert, if any
-                loop.bad_input(conn, f"TLS error: {exc}", exc)
+                loop.closer.bad_input(conn, f"TLS error: {exc}", exc)
                 return
             out = tls.take_output()
             if out:
@@ -484,7 +484,7 @@ class Reader:
             if plain:
                 self._feed_plain(conn, memoryview(plain))
             if tls.closed_by_peer and conn._state == OPEN:
-                loop.peer_eof(conn)                # replies first, then our close_notify
+                loop.closer.peer_eof(conn)                # replies first, then our close_notify
             return
         self._feed_plain(conn, view)
 
@@ -537,15 +537,15 @@ class Reader:
                 if res is not None:
                     out.reply(conn, res, self._source)
             except ProtocolError as exc:
-                loop.bad_input(conn, str(exc), exc)
+                loop.closer.bad_input(conn, str(exc), exc)
                 return
             except Exception as exc:
-                loop.fail(conn, exc)
+                loop.closer.fail(conn, exc)
                 return
 
     def _check_pending(self, conn: Connection) -> None:
         if conn._in is not None and len(conn._in) > self._max_pending and conn._state == OPEN:
-            self._loop.bad_input(conn, f"{len(conn._in)} unparsed bytes exceed the protocol's "
+            self._loop.closer.bad_input(conn, f"{len(conn._in)} unparsed bytes exceed the protocol's "
                                        f"max_pending ({self._max_pending})")
 
 

@@ -1,50 +1,24 @@
-"""Server: listeners, event loops (threads), load balancing, start/stop, timers and stats."""
+"""Server: the public face of a pygev service - options, event loops (threads), start and stop,
+timers, stats.  Accepting is admission.py's; pre-forked workers are workers.py's, which builds
+each worker's own Server from this one's options (`worker_copy`)."""
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import socket
-import stat
 import threading
-import time
 from typing import Any, Callable
 
-from ._native import F_NODELAY, ffi, lib
+from ._native import F_NODELAY
+from .admission import Admission, format_address
 from .handler import Handler
-from .loop import ADDR_ENTRY, TURN_BUCKETS, EventLoop
-from .options import LoadBalance, Network, ServerOptions
+from .loop import EventLoop
+from .options import OPTION_NAMES, LoadBalance, Network, ServerOptions
 from .protocol import DefaultProtocol, Protocol
+from .stats import collect
 from .timers import Timer
 
 log = logging.getLogger("reactor.server")
 
-
-_ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-_ACCEPT_PAUSE = 0.1          # seconds without accepting after the process ran out of descriptors
-
-
-def parse_address(address: str, network: str) -> tuple[socket.AddressFamily, Any]:
-    """(family, sockaddr) for `address`: "host:port", ":port" (all interfaces), "[v6]:port",
-    or a filesystem path for network="unix"."""
-    if network == "unix":
-        return socket.AF_UNIX, address
-    if network not in ("tcp", "tcp4", "tcp6"):
-        raise ValueError(f"network must be tcp, tcp4, tcp6 or unix, not {network!r}")
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f"address {address!r} is not host:port")
-    port = int(port_text)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if network == "tcp6" or (network == "tcp" and ":" in host):
-        family = socket.AF_INET6
-    else:
-        family = socket.AF_INET
-    if not host:
-        host = "::" if family == socket.AF_INET6 else "0.0.0.0"
-    info = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
-    return family, info[0][4]
+_RUNS_ONCE = "this Server was already started (a Server serves once: build a new one to serve again)"
 
 
 class Server:
@@ -72,7 +46,7 @@ class Server:
     write_limit=16 MiB (at least high water): unsent output past this - a peer that does not read
                                while others send to it - drops that connection (OutputLimitExceeded)
     view_threshold=4096        messages shorter than this reach on_message as bytes, longer ones as
-                               memoryviews (zero copy); 0: always views, None: always bytes
+                               read-only memoryviews (zero copy); 0: always views, None: always bytes
     frame_timeout=30.0         a message begun (a partial frame) must be complete within this
     handshake_timeout=10.0     TLS handshakes must finish within this (None: no limit)
     ssl=None                   a server-side ssl.SSLContext to serve TLS
@@ -101,71 +75,58 @@ class Server:
                             f"(write {protocol.__name__}())")
         if protocol is not None and not callable(getattr(protocol, "unpacket", None)):
             raise TypeError(f"protocol must be a reactor.Protocol, not {type(protocol).__name__}")
-        if isinstance(write_high_water, int) and not isinstance(write_high_water, bool):
-            if write_low_water is None:
-                write_low_water = write_high_water // 4
-            if write_limit is None:
-                write_limit = max(16 << 20, write_high_water)
-        self.options = ServerOptions(
+        high_ok = isinstance(write_high_water, int) and not isinstance(write_high_water, bool)
+        if write_low_water is None:
+            write_low_water = write_high_water // 4 if high_ok else 0
+        if write_limit is None:
+            write_limit = max(16 << 20, write_high_water) if high_ok else 16 << 20
+        options = ServerOptions(
             address=address, network=network, num_loops=1 if num_loops is None else num_loops,
             workers=workers, reuse_port=reuse_port, idle_timeout=idle_timeout,
             load_balance=load_balance, metrics_address=metrics_address, metrics_path=metrics_path,
             tcp_nodelay=tcp_nodelay, tcp_keepalive=tcp_keepalive,
             backlog=1024 if backlog is None else backlog, max_connections=max_connections,
             read_buffer_size=read_buffer_size, write_high_water=write_high_water,
-            write_low_water=write_low_water if write_low_water is not None else 0,
-            write_limit=write_limit if write_limit is not None else 16 << 20,
+            write_low_water=write_low_water, write_limit=write_limit,
             view_threshold=view_threshold, frame_timeout=frame_timeout,
             handshake_timeout=handshake_timeout, ssl=ssl, slow_callback=slow_callback)
-        opts = self.options
+        self._setup(handler, protocol if protocol is not None else DefaultProtocol(), options)
+
+    @classmethod
+    def from_options(cls, handler: Handler, protocol: Protocol | None, options: ServerOptions) -> Server:
+        """A Server with these (already validated) options."""
+        kwargs = {name: getattr(options, name) for name in OPTION_NAMES}
+        return cls(handler, protocol=protocol, **kwargs)
+
+    def _setup(self, handler: Handler, protocol: Protocol, options: ServerOptions) -> None:
+        self.options = options
         self.handler = handler
-        self.protocol: Protocol = protocol if protocol is not None else DefaultProtocol()
-        self.network = network
-        self.num_loops = opts.num_loops
-        self.workers = workers
-        self.idle_timeout = idle_timeout
-        self.load_balance = load_balance
-        self.tcp_nodelay = tcp_nodelay
-        self.tcp_keepalive = tcp_keepalive
-        self.backlog = opts.backlog
-        self.max_connections = max_connections
-        self.read_buffer_size = read_buffer_size
-        self.write_high_water = write_high_water
-        self.write_low_water = opts.write_low_water
-        self.slow_callback = slow_callback
-        self.ssl = ssl
-        self.metrics_path = metrics_path
-        self._metrics_address = metrics_address
+        self.protocol: Protocol = protocol
+        self.network = options.network
+        self.num_loops = options.num_loops
+        self.workers = options.workers
+        self.idle_timeout = options.idle_timeout
+        self.metrics_path = options.metrics_path
         self._exporter: Any = None
-        self._family, self._sockaddr = parse_address(address, network)
-        self._reuse_port = reuse_port or workers > 1
-        self._socks: list[socket.socket] = []
-        self._address: Any = None
-        self._unlink_path: str | None = None
         self._loops = [EventLoop(self, i) for i in range(self.num_loops)]
-        self._balance = _BALANCERS[load_balance]
-        self._rr = 0
-        self._count = 0
-        self._count_lock = threading.Lock()
+        self.admission = Admission(options, self._loops)
         self._lock = threading.Lock()
-        self._serving = False
         self._started = False
+        self._serving = False
         self._stop_requested = False
         self._ready = threading.Event()
         self._done = threading.Event()
         self._threads: list[threading.Thread] = []
         self._bg: threading.Thread | None = None
         self._bg_error: BaseException | None = None
-        self._spare_fd = -1
-        self._last_accept_warning = 0.0
         self._stop_hooks: list[Callable[[float | None], None]] = []
-        self._addrs: Any = None
+        self.worker_pool: Any = None
 
     def __repr__(self) -> str:
-        state = ("serving" if self._serving else "stopped" if self._stop_requested else "not started")
-        where = self._address if self._address is not None else self.options.address
+        state = "serving" if self._serving else "stopped" if self._stop_requested else "not started"
+        where = self.address if self.address is not None else self.options.address
         return (f"<Server {type(self.handler).__name__} {self.network} {where} {state} "
-                f"loops={self.num_loops} workers={self.workers} connections={self._count}>")
+                f"loops={self.num_loops} workers={self.workers} connections={self.connection_count}>")
 
     # ------------------------------------------------------------------------------------
     # public API
@@ -173,7 +134,7 @@ class Server:
     @property
     def address(self) -> Any:
         """The bound address (getsockname()): (host, port), a 4-tuple for IPv6, or a unix path."""
-        return self._address
+        return self.admission.address
 
     @property
     def metrics_address(self) -> Any:
@@ -183,7 +144,7 @@ class Server:
     @property
     def connection_count(self) -> int:
         """Connections currently open (accepted and not yet closed), across all loops."""
-        return self._count
+        return self.admission.count
 
     @property
     def loops(self) -> list[EventLoop]:
@@ -197,23 +158,25 @@ class Server:
         """Run fn(*args) every `interval` seconds on the first event loop until cancelled."""
         return self._loops[0].run_every(interval, fn, *args)
 
+    def stats(self) -> dict[str, Any]:
+        """This process's counters (what reactor.metrics exports), read without locks."""
+        return collect(self._loops, self.connection_count)
+
     def start(self) -> None:
         """Serve until stop() is called (from another thread, a handler, a timer or a signal).
         A server runs once: start() on one that is serving or was stopped raises RuntimeError."""
         with self._lock:
             if self._started:
-                raise RuntimeError("this Server was already started (it serves once; build a new "
-                                   "Server to serve again)")
+                raise RuntimeError(_RUNS_ONCE)
             self._started = True
         if self.workers > 1:
-            from .workers import run_workers
-            run_workers(self)
-            return
-        self._serve()
+            self._serve_workers()
+        else:
+            self._serve()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: stop accepting, flush queued output for at most `timeout` seconds
-        (None: until flushed, dropping a peer that makes no progress for 5 s), close every
+        (None: at most 30 s, dropping a peer that makes no progress for 5 s), close every
         connection, join the loop threads.  Thread-safe, idempotent, callable from handlers."""
         with self._lock:
             first = not self._stop_requested
@@ -229,7 +192,7 @@ class Server:
             return
         if any(loop.in_loop_thread() for loop in self._loops):
             return      # called from a callback: the loops finish after it returns
-        self._done.wait()
+        self._wait_done()
         bg = self._bg
         if bg is not None and bg is not threading.current_thread():
             bg.join()
@@ -237,12 +200,21 @@ class Server:
             error, self._bg_error = self._bg_error, None
             raise error
 
+    def _wait_done(self) -> None:
+        """Wait for the loops to finish; a second Ctrl-C here ends the stop at once (the loops
+        drop what is left) instead of a traceback from inside stop()."""
+        try:
+            self._done.wait()
+        except KeyboardInterrupt:
+            for loop in self._loops:
+                loop.call_soon(loop.closer.begin_stop, 0)
+            self._done.wait()
+
     def __enter__(self) -> Server:
         """Serve in a background thread; the bound address is ready when this returns."""
         with self._lock:
             if self._started:
-                raise RuntimeError("this Server was already started (it serves once; build a new "
-                                   "Server to serve again)")
+                raise RuntimeError(_RUNS_ONCE)
         self._bg = threading.Thread(target=self._serve_background, name="reactor-server", daemon=True)
         self._bg.start()
         self._ready.wait()
@@ -268,80 +240,49 @@ class Server:
             self._ready.set()
             self._done.set()
 
-    def _bind(self) -> Any:
-        """Create and bind the listening socket (idempotent); returns the bound address."""
-        if self._socks:
-            return self._address
-        sock = socket.socket(self._family, socket.SOCK_STREAM)
-        try:
-            if self._family == socket.AF_UNIX:
-                self._remove_stale_unix_socket(self._sockaddr)
-            else:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if self._family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if self._reuse_port and self._family != socket.AF_UNIX:   # not a thing for unix sockets
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(self._sockaddr)
-            sock.listen(self.backlog)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        if self._family == socket.AF_UNIX:
-            self._unlink_path = self._sockaddr
-        self._socks.append(sock)
-        self._address = sock.getsockname()
-        return self._address
-
-    @staticmethod
-    def _remove_stale_unix_socket(path: str) -> None:
-        try:
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
+    def bind(self) -> Any:
+        """Bind the listener now (idempotent); returns the bound address."""
+        return self.admission.bind()
 
     def close_listeners(self) -> None:
-        """Stop listening (loop 0 calls this when it begins to stop)."""
-        self._close_listeners()
+        """Stop listening (the first loop does this when it begins to stop)."""
+        self.admission.close_listeners()
 
-    def _close_listeners(self) -> None:
-        for sock in self._socks:
-            sock.close()
-        self._socks.clear()
-        if self._unlink_path is not None:
-            try:
-                os.unlink(self._unlink_path)
-            except OSError:
-                pass
-            self._unlink_path = None
-
-    def _serve(self) -> None:
-        """Bind, open the loops and run them (loop 0 in this thread) until stopped."""
+    def _begin_serving(self) -> bool:
+        """Mark the server serving; False when stop() came first."""
         with self._lock:
             if self._stop_requested:
                 self._ready.set()
                 self._done.set()
-                return
+                return False
             self._serving = True
+            return True
+
+    def _publish_ready(self) -> None:
+        """Start the metrics exporter (if asked) and let start()/`with` callers go on."""
+        if self.options.metrics_address is not None and self._exporter is None:
+            from .metrics import MetricsExporter
+            exporter = MetricsExporter(self)
+            exporter.start(self.options.metrics_address, self.metrics_path)
+            self._exporter = exporter       # published only once it has an address
+        self._ready.set()
+
+    def _serve(self) -> None:
+        """Bind, open the loops and run them (loop 0 in this thread) until stopped."""
+        if not self._begin_serving():
+            return
         opened: list[EventLoop] = []
+        admission = self.admission
         try:
-            self._bind()
-            self._addrs = ffi.new("char[]", ADDR_ENTRY * EventLoop.fd_table_size())
+            admission.bind()
+            admission.open()
             for loop in self._loops:
-                loop.open(self._addrs)
+                loop.open(admission.addresses)
                 opened.append(loop)
                 loop.start_housekeeping()
-            nodelay = self.tcp_nodelay and self._family != socket.AF_UNIX
-            for sock in self._socks:
-                self._loops[0].add_listener(sock.fileno(), nodelay, F_NODELAY)
-            self._spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            if self._metrics_address is not None:
-                from .metrics import MetricsExporter
-                exporter = MetricsExporter(self)
-                exporter.start(self._metrics_address, self.metrics_path)
-                self._exporter = exporter       # published only once it has an address
+            for sock in admission.listeners:
+                self._loops[0].add_listener(sock.fileno(), admission.nodelay, F_NODELAY)
+            self._publish_ready()
         except BaseException:
             for loop in opened:
                 loop.teardown()
@@ -351,8 +292,7 @@ class Server:
             t = threading.Thread(target=loop.run, name=f"reactor-loop-{loop.index}", daemon=True)
             self._threads.append(t)
             t.start()
-        log.info("serving on %s with %d loop(s)", self._address, self.num_loops)
-        self._ready.set()
+        log.info("serving on %s with %d loop(s)", self.address, self.num_loops)
         try:
             self._loops[0].run()
         finally:
@@ -361,128 +301,43 @@ class Server:
             self._threads.clear()
             self._cleanup()
 
+    def _serve_workers(self) -> None:
+        """workers > 1: this process supervises forked workers (each runs `worker_copy()`)."""
+        from .workers import WorkerPool
+        pool = self.worker_pool = WorkerPool(self, self.workers, self._note_stop)
+        self._stop_hooks.append(pool.stop)
+        if not self._begin_serving():
+            pool.close()
+            return
+        try:
+            pool.run(on_ready=self._publish_ready)
+        finally:
+            self._cleanup()
+
+    def _note_stop(self) -> None:
+        """A signal asked the supervisor to stop (it cannot wait for itself in stop())."""
+        with self._lock:
+            self._stop_requested = True
+
+    def worker_copy(self) -> Server:
+        """The Server a forked worker runs: these options with one process, no metrics of its
+        own (the parent serves them for all), the real port (not 0 again); a unix listener is
+        inherited, not bound again."""
+        unix = self.network == "unix"
+        options = self.options.but(workers=1, metrics_address=None, reuse_port=not unix,
+                                   address=self.options.address if unix else format_address(self.address))
+        child = Server.from_options(self.handler, self.protocol, options)
+        if unix:
+            child.admission.adopt_listeners(self.admission.listeners, self.address)
+        return child
+
     def _cleanup(self) -> None:
-        self._close_listeners()
-        if self._spare_fd >= 0:
-            os.close(self._spare_fd)
-            self._spare_fd = -1
+        self.admission.close()
         if self._exporter is not None:
             self._exporter.close()
         with self._lock:
             self._serving = False
         self._done.set()
 
-    # ------------------------------------------------------------------------------------
-    # called from the loops
-    # ------------------------------------------------------------------------------------
-    def on_accept(self, loop: EventLoop, fd: int, addr_hash: int) -> None:
-        """A new connection arrived on `loop` (the first one): cap, balance, hand over."""
-        with self._count_lock:
-            if self.max_connections is not None and self._count >= self.max_connections:
-                full = True
-            else:
-                full = False
-                self._count += 1
-        if full:
-            lib.pg_close(fd)
-            loop.closed_by_reason["over_limit"] = loop.closed_by_reason.get("over_limit", 0) + 1
-            log.debug("connection refused: max_connections=%d reached", self.max_connections)
-            return
-        loop.accepted += 1
-        target = self._balance(self, addr_hash)
-        if target is loop:
-            loop.adopt_now(fd)
-        else:
-            target.adopt(fd)
 
-    def released(self) -> None:
-        """A connection counted by on_accept is gone."""
-        with self._count_lock:
-            self._count -= 1
-
-    def on_accept_error(self, loop: EventLoop, listen_fd: int, err: int) -> None:
-        """accept() failed.  Out of descriptors: shed one pending client with the spare fd and
-        stop accepting briefly, so the loop neither spins nor stops serving others."""
-        now = time.monotonic()
-        if now - self._last_accept_warning >= 1.0:
-            self._last_accept_warning = now
-            log.warning("accept failed: %s", os.strerror(err))
-        if err in _ACCEPT_EXHAUSTED and self._spare_fd >= 0:
-            os.close(self._spare_fd)
-            self._spare_fd = -1
-            for sock in self._socks:
-                if sock.fileno() == listen_fd:
-                    try:
-                        sock.accept()[0].close()
-                    except OSError:
-                        pass
-            try:
-                self._spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                pass
-        loop.pause_listener(listen_fd, _ACCEPT_PAUSE)
-
-    def configure_socket(self, fd: int) -> None:
-        """Per-connection socket options (keepalive), set when a loop adopts the fd."""
-        keepalive = self.tcp_keepalive
-        if keepalive is None or self._family == socket.AF_UNIX:
-            return
-        setopt = lib.pg_setsockopt_int
-        setopt(fd, socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        idle = max(1, int(keepalive))
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            setopt(fd, socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-        if hasattr(socket, "TCP_KEEPINTVL"):
-            setopt(fd, socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
-        if hasattr(socket, "TCP_KEEPCNT"):
-            setopt(fd, socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-
-    def _stats(self) -> dict[str, Any]:
-        """Counters for metrics, summed over this process's loops (read without locks)."""
-        closed: dict[str, int] = {}
-        turn_counts = [0] * (len(TURN_BUCKETS) + 1)
-        stats: dict[str, Any] = {"connections": self._count, "accepted": 0, "received_bytes": 0,
-                                 "sent_bytes": 0, "backpressure_pauses": 0, "turn_sum": 0.0}
-        for loop in self._loops:
-            stats["accepted"] += loop.accepted
-            stats["received_bytes"] += loop.received_bytes
-            stats["sent_bytes"] += loop.sent_bytes
-            stats["backpressure_pauses"] += loop.backpressure_pauses
-            stats["turn_sum"] += loop.turn_sum
-            for reason, n in list(loop.closed_by_reason.items()):
-                closed[reason] = closed.get(reason, 0) + n
-            for i, n in enumerate(loop.turn_counts):
-                turn_counts[i] += n
-        stats["closed"] = closed
-        buckets = []
-        total = 0
-        for bound, n in zip((*TURN_BUCKETS, float("inf")), turn_counts):
-            total += n
-            buckets.append((bound, total))
-        stats["turn_buckets"] = buckets
-        stats["turn_count"] = total
-        return stats
-
-
-# ----------------------------------------------------------------------------------------
-# load balancing: which loop gets a new connection
-# ----------------------------------------------------------------------------------------
-def _round_robin(server: Server, addr_hash: int) -> EventLoop:
-    loops = server._loops
-    server._rr = (server._rr + 1) % len(loops)
-    return loops[server._rr]
-
-
-def _least_connections(server: Server, addr_hash: int) -> EventLoop:
-    return min(server._loops, key=lambda loop: loop.connection_count + loop.backlog)
-
-
-def _source_addr_hash(server: Server, addr_hash: int) -> EventLoop:
-    return server._loops[addr_hash % len(server._loops)]
-
-
-_BALANCERS: dict[str, Callable[[Server, int], EventLoop]] = {
-    "round_robin": _round_robin,
-    "least_connections": _least_connections,
-    "source_addr_hash": _source_addr_hash,
-}
+__all__ = ["Server"]

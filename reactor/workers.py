@@ -1,13 +1,14 @@
 """Pre-fork workers: N processes serve one address; the parent supervises them.
 
-`Server.start()` calls `run_workers(server)` when `workers > 1`.  The parent then:
+`Server.start()` runs a `WorkerPool` when `workers > 1`.  The parent then:
 
 - binds the address once to learn it (port 0 becomes a real port).  For TCP it keeps a bound but
   *non-listening* SO_REUSEPORT socket to reserve the port, closes its listener, and each worker
   binds its own SO_REUSEPORT listener, so the kernel spreads new connections over the workers.
   A unix socket has no SO_REUSEPORT: the parent keeps its listener and the workers inherit it
   and accept from the shared queue;
-- forks the workers; each one runs `server._serve()` (its `num_loops` loops) until told to stop;
+- forks the workers; each one builds its own Server from the parent's options
+  (`server.worker_copy()`) and serves it (its `num_loops` loops) until told to stop;
 - restarts a worker that dies (with a growing delay if it keeps dying at once), counting restarts;
 - turns SIGTERM / SIGINT (when it runs on the main thread) or `WorkerPool.stop()` into a graceful
   stop: SIGTERM to every worker, which stops its server (flushing output for at most the stop
@@ -15,7 +16,7 @@
 
 Workers ignore SIGINT (a terminal's Ctrl+C reaches the whole process group; the parent alone
 decides), and get SIGTERM if the supervising thread dies (Linux `PR_SET_PDEATHSIG`).  Each
-worker pushes its `_stats()` to the parent over a pipe (see reactor.metrics), so one scrape of
+worker pushes its `stats()` to the parent over a pipe (see reactor.metrics), so one scrape of
 the parent's metrics address covers all workers.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .metrics import Stats, add_stats, empty_stats
-from .poller import lib
+from ._native import lib
 
 log = logging.getLogger("reactor.workers")
 
@@ -65,47 +66,14 @@ class _Worker:
     restart_at: float | None = None  # set while the slot waits to be refilled
 
 
-def run_workers(server: Any) -> None:
-    """Serve `server` from `server.workers` forked processes; returns when all have stopped.
-
-    Called by `Server.start()`.  The parent takes the roles `_serve()` has in one process: it
-    marks the server serving, signals `_ready` once the workers are forked, starts the metrics
-    exporter (workers never do), and runs the server's `_cleanup()` at the end, so `stop()` and
-    the `with` block behave as with one process.
-    """
-    pool = WorkerPool(server, int(server.workers))
-    server._worker_pool = pool
-    server._stop_hooks.append(pool.stop)
-    with server._lock:
-        if server._stop_requested:
-            pool._cleanup()
-            server._ready.set()
-            server._done.set()
-            return
-        server._serving = True
-    try:
-        pool.run(on_ready=lambda: _start_metrics(server))
-    finally:
-        server._cleanup()
-
-
-def _start_metrics(server: Any) -> None:
-    if server._metrics_address is not None and server._exporter is None:
-        from .metrics import MetricsExporter
-
-        exporter = MetricsExporter(server)
-        exporter.start(server._metrics_address, server.metrics_path)
-        server._exporter = exporter       # published only once it has an address
-    server._ready.set()
-
-
 class WorkerPool:
     """Forks, watches and stops the worker processes of one Server (lives in the parent)."""
 
-    def __init__(self, server: Any, count: int):
+    def __init__(self, server: Any, count: int, on_signal: Any = None):
         if count < 1:
             raise ValueError("workers must be >= 1")
         self.server = server
+        self._on_signal_stop = on_signal    # tells the server a signal asked for the stop
         self.count = count
         self.restarts = 0
         self._workers = [_Worker(slot) for slot in range(count)]
@@ -136,7 +104,7 @@ class WorkerPool:
         return [w.pid for w in self._workers if w.pid]
 
     def stats(self) -> Stats:
-        """Sum of every worker's latest `_stats()`, plus the counters of workers that died."""
+        """Sum of every worker's latest `stats()`, plus the counters of workers that died."""
         total = empty_stats()
         with self._lock:
             add_stats(total, self._retired)
@@ -171,13 +139,12 @@ class WorkerPool:
             self._stop_all()
         finally:
             self._restore_signal_handlers(previous)
-            self._cleanup()
+            self.close()
 
     def _bind(self) -> None:
         server = self.server
         unix = server.network == "unix"
-        server._reuse_port = not unix  # SO_REUSEPORT on AF_UNIX fails with EOPNOTSUPP
-        address = server._bind()
+        address = server.bind()   # SO_REUSEPORT for TCP (workers > 1 forces it on)
         if unix:
             return  # keep the listener: the workers inherit it
         # TCP: reserve the port with a bound, non-listening SO_REUSEPORT socket (gets no
@@ -190,8 +157,7 @@ class WorkerPool:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
         self._reservation = sock
-        server._close_listeners()
-        server._sockaddr = address  # workers bind the real port, not port 0 again
+        server.close_listeners()    # workers bind the real port (server.address), not port 0 again
 
     def _next_timeout(self) -> float | None:
         due = [w.restart_at for w in self._workers if w.restart_at is not None]
@@ -353,7 +319,8 @@ class WorkerPool:
                 break
             self._turn(min(remaining, 0.2) if not hasattr(os, "pidfd_open") else remaining)
 
-    def _cleanup(self) -> None:
+    def close(self) -> None:
+        """Release what the pool holds (run() does this when it ends)."""
         self._stopping = True
         for worker in self._workers:  # only non-empty if run() failed half-way
             if worker.pid:
@@ -377,7 +344,8 @@ class WorkerPool:
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Not server.stop(): it would wait, on this very thread, for the supervision to end.
         log.info("%s: stopping the workers", signal.Signals(signum).name)
-        self.server._stop_requested = True
+        if self._on_signal_stop is not None:
+            self._on_signal_stop()
         self.stop()
 
     @staticmethod
@@ -390,28 +358,17 @@ class _WorkerChild:
     """What a forked worker does: serve, publish stats, stop on SIGTERM."""
 
     def __init__(self, server: Any, slot: int, stats_fd: int, shared: mmap.mmap):
-        self.server = server
+        self.parent = server
+        self.server: Any = None
         self.slot = slot
         self.stats_fd = stats_fd
         self.shared = shared
         self.done = threading.Event()
 
     def run(self) -> None:
-        server = self.server
-        # Forget what belongs to the parent; fresh locks (another parent thread may have held
-        # one at fork time).
-        server.workers = 1
-        server._worker_pool = None
-        server._stop_hooks = []
-        server._metrics_address = None  # the parent serves metrics for all workers
-        server._exporter = None
-        server._unlink_path = None  # a shared unix socket path is the parent's to remove
-        server._bg = None
-        server._reuse_port = server.network != "unix"
-        server._lock = threading.Lock()
-        server._count_lock = threading.Lock()
-        server._ready = threading.Event()
-        server._done = threading.Event()
+        # A Server of its own, from the parent's options: nothing of the parent's state (locks
+        # another parent thread may have held at fork time, metrics, the unix path) comes along.
+        server = self.server = self.parent.worker_copy()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         parent = os.getppid()
@@ -421,7 +378,7 @@ class _WorkerChild:
         publisher = threading.Thread(target=self._publish_loop, name="reactor-stats", daemon=True)
         publisher.start()
         try:
-            server._serve()
+            server.start()
         finally:
             self.done.set()
             publisher.join(timeout=1.0)
@@ -442,7 +399,7 @@ class _WorkerChild:
 
     def _publish(self) -> bool:
         try:
-            stats = self.server._stats()
+            stats = self.server.stats() if self.server is not None else {}
             line = json.dumps(stats, separators=(",", ":")).encode() + b"\n"
             os.write(self.stats_fd, line)
             return True
@@ -451,7 +408,7 @@ class _WorkerChild:
                 log.warning("worker %d: cannot publish stats: %s", self.slot, exc)
             return False
         except Exception:  # stats must never take a worker down
-            log.exception("worker %d: _stats() failed", self.slot)
+            log.exception("worker %d: stats() failed", self.slot)
             return False
 
 

@@ -21,13 +21,13 @@ from reactor.metrics import MetricsExporter, empty_stats
 
 
 class FakeServer:
-    """What the exporter reads from a Server: `_stats()` (and no worker pool)."""
+    """What the exporter reads from a Server: `stats()` (and no worker pool)."""
 
     def __init__(self) -> None:
-        self.stats = empty_stats()
+        self.figures = empty_stats()
 
-    def _stats(self) -> dict:
-        return self.stats
+    def stats(self) -> dict:
+        return self.figures
 
 
 @pytest.fixture
@@ -233,11 +233,11 @@ def test_exposition_negotiates_openmetrics_and_gzip(exporter: MetricsExporter) -
 
 def test_a_failing_stats_read_answers_500_and_the_exporter_keeps_serving(exporter: MetricsExporter) -> None:
     server = exporter._server
-    good = server.stats
-    server.stats = {}                                   # KeyError inside collect()
+    good = server.figures
+    server.figures = {}                                 # KeyError inside collect()
     status, headers, _ = request(exporter, b"GET /metrics HTTP/1.1\r\n\r\n")
     assert (status, headers["connection"]) == (500, "close")
-    server.stats = good
+    server.figures = good
     assert request(exporter, b"GET /metrics HTTP/1.1\r\n\r\n")[0] == 200
 
 
