@@ -37,7 +37,8 @@ from .connection import CLOSED, OPEN, Connection
 from .errors import OutputLimitExceeded
 from .output import Output
 from .poller import Poller
-from .reading import MAX_ROWS, Arena, Reader
+from .arena import Arena
+from .reading import MAX_ROWS, Reader
 from .stats import TURN_BUCKETS
 from .timers import Timer, TimerQueue
 from .tls import TlsSession

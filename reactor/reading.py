@@ -15,22 +15,18 @@ Where the bytes are:
 What a handler gets (the message type):
 - Messages shorter than `view_threshold` bytes are `bytes` (one small copy, ~60 ns; ordinary
   handler code - a prefix compare, a slice, a dict key - is 2-3x cheaper on bytes than on a
-  memoryview).  Longer ones are memoryviews over the arena or the ring: zero copy.
-- A view kept past `on_message` must never show other bytes later.  Views are cut from a
-  memoryview made for the turn (`Arena.turn_view`) or for the call (a ring's readable run);
-  after the turn (the call) the exporter's reference count says whether any view is still
-  alive.  If one is, that memory is retired - left to its views - and a fresh block takes its
-  place, so kept views keep reading their own bytes.
+  memoryview).  Longer ones are read-only memoryviews over the arena or the ring: zero copy,
+  cut so that a kept one never shows other bytes later (see arena.py).
 """
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 from ringbuf import RingBuffer, ViewBuffer
 
 from ._native import (F_PYREAD, FRAME_TOO_LONG, O_ARENA, O_FRAME, R_DATA, R_EOF, R_ERROR, R_FRAME,
                       R_FRAME_ERROR, R_LINES, R_PARTIAL, R_READABLE, R_WRITABLE, ffi, lib)
+from .arena import RingRun
 from .connection import OPEN
 from .errors import ProtocolError
 from .protocol import NativePlan
@@ -40,67 +36,6 @@ if TYPE_CHECKING:
     from .loop import EventLoop
 
 MAX_ROWS = 16384
-_getrefcount = sys.getrefcount
-
-
-class Arena:
-    """The loop's read arena: the block pg_poll reads every ready socket into, each turn."""
-
-    def __init__(self, size: int) -> None:
-        self._alloc = ffi.new_allocator(should_clear_after_alloc=False)
-        self.size = size
-        self.retired = 0
-        self._fresh()
-
-    def _fresh(self) -> None:
-        self.cdata = self._alloc("char[]", self.size)
-        self._buf = ffi.buffer(self.cdata)      # exporter of every view of this block
-        self.mv = memoryview(self._buf)         # internal slicing (copies, spills)
-        self._tv: memoryview | None = None
-        self._base = _getrefcount(self._buf)
-
-    def turn_view(self) -> memoryview:
-        """The memoryview user-facing views of this turn are cut from."""
-        tv = self._tv
-        if tv is None:      # read-only: messages are inputs (and hashable, like bytes)
-            tv = self._tv = memoryview(self._buf).toreadonly()
-        return tv
-
-    def end_turn(self) -> bool:
-        """Drop the turn's view; True when a view of it survived and the block was retired."""
-        if self._tv is None:
-            return False
-        self._tv = None
-        if _getrefcount(self._buf) <= self._base:
-            return False
-        self.retired += 1
-        self._fresh()
-        return True
-
-    def is_arena(self, obj: Any) -> bool:
-        return obj is self._buf
-
-
-class _RingRun:
-    """A ring's readable bytes behind an exporter made for one call, so that views cut from it
-    can be told apart afterwards (see the module docstring)."""
-
-    __slots__ = ("buf", "mv", "base")
-
-    def __init__(self, ring: RingBuffer) -> None:
-        src = ring.peek_all()
-        self.buf = ffi.buffer(ffi.from_buffer(src), len(src))   # keeps the ring's pages alive
-        self.mv = memoryview(self.buf).toreadonly()
-        self.base = _getrefcount(self.buf)
-
-    def escaped(self) -> bool:
-        """Release our view; True when a view of the run is still alive somewhere."""
-        mv, self.mv = self.mv, memoryview(b"")
-        try:
-            mv.release()
-        except BufferError:     # something still holds a buffer export of the run itself
-            return True
-        return _getrefcount(self.buf) > self.base - 1
 
 
 class Reader:
@@ -420,7 +355,7 @@ class Reader:
             size = len(ring)
             if size == 0:
                 break
-            run = _RingRun(ring)
+            run = RingRun(ring)
             view = run.mv
             consumed = lib.pg_split(loop.codec, ffi.from_buffer(view), size, conn._fd,
                                     loop.rows, MAX_ROWS, self._nsplit)
@@ -503,7 +438,7 @@ class Reader:
 
     def _unpack_ring(self, conn: Connection) -> None:
         ring = conn._in
-        run = _RingRun(ring)
+        run = RingRun(ring)
         buf = ViewBuffer(run.mv)
         self._unpack(conn, buf)
         consumed = len(run.mv) - len(buf)
@@ -549,4 +484,4 @@ class Reader:
                                        f"max_pending ({self._max_pending})")
 
 
-__all__ = ["Arena", "MAX_ROWS", "Reader"]
+__all__ = ["MAX_ROWS", "Reader"]
