@@ -317,10 +317,13 @@ class EventLoop:
             self.reader.dispatch(self.rows_mv[:4 * nrows].tolist())
         elif nrows < 0:
             raise OSError(-nrows, "poll: " + os.strerror(-nrows))
+        t_read = monotonic()
         if self._inbox:
             self._drain_inbox()
+        t_inbox = monotonic()
         if deadline is not None and deadline <= now + 0.0005:
             self._run_timers()
+        t_timers = monotonic()
         if self.out.pending_flush:
             self.out.flush()
         if self.arena.end_turn():
@@ -329,10 +332,22 @@ class EventLoop:
         spent = end - now
         self.turn_counts[bisect.bisect_left(TURN_BUCKETS, spent)] += 1
         self.turn_sum += spent
-        if self._slow and spent > self._slow and nrows > 0:
-            log.warning("slow loop turn: %.3f s handling %d events in loop %d (a handler or "
-                        "callback of %s is blocking the event loop)", spent, nrows,
-                        self.index, type(self.handler).__qualname__)
+        if self._slow and spent > self._slow:
+            self._slow_turn(spent, nrows, (t_read - now, t_inbox - t_read, t_timers - t_inbox,
+                                           end - t_timers))
+
+    def _slow_turn(self, spent: float, nrows: int, phases: tuple[float, ...]) -> None:
+        """Warn about a turn that blocked the loop, naming the part of it that took the time."""
+        what = (f"handling {nrows} events (reads, closes and {type(self.handler).__qualname__}'s "
+                "callbacks)",
+                "calls posted from other threads (send(), close(), call_soon())",
+                "timer callbacks", "writing output (bytes the kernel did not take are copied to "
+                "the connections' output rings)")
+        slowest = max(range(4), key=phases.__getitem__)
+        if slowest == 2:
+            return          # each slow timer callback was named already
+        log.warning("slow loop turn in loop %d: %.3f s, %.3f s of it in %s", self.index, spent,
+                    phases[slowest], what[slowest])
 
     def orphan_row(self, fd: int, a: int, b: int, code: int) -> None:
         """A row without a connection: accepts, accept errors, and lingering closes."""

@@ -54,46 +54,9 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from .stats import CLOSE_REASONS, Stats
+
 log = logging.getLogger("reactor.metrics")
-
-#: Reasons a connection can close; always exported (as 0 when unseen) so dashboards see every series.
-CLOSE_REASONS = ("peer", "local", "reset", "error", "idle", "stop", "bad_input", "over_limit")
-
-Stats = dict[str, Any]
-
-
-def empty_stats() -> Stats:
-    """A `stats()`-shaped dict with every figure at zero (the sum of no processes)."""
-    return {
-        "connections": 0,
-        "accepted": 0,
-        "closed": {reason: 0 for reason in CLOSE_REASONS},
-        "received_bytes": 0,
-        "sent_bytes": 0,
-        "backpressure_pauses": 0,
-        "turn_buckets": [],
-        "turn_sum": 0.0,
-        "turn_count": 0,
-    }
-
-
-def add_stats(total: Stats, part: Stats, *, counters_only: bool = False) -> None:
-    """Add `part` into `total` in place.  Histograms are summed bucket by bucket (same bounds
-    in every process); `counters_only` leaves the `connections` gauge out (for dead workers)."""
-    if not counters_only:
-        total["connections"] += part.get("connections", 0)
-    for key in ("accepted", "received_bytes", "sent_bytes", "backpressure_pauses", "turn_count"):
-        total[key] += part.get(key, 0)
-    total["turn_sum"] += part.get("turn_sum", 0.0)
-    closed = total["closed"]
-    for reason, count in part.get("closed", {}).items():
-        closed[reason] = closed.get(reason, 0) + count
-    buckets: dict[float, int] = dict(total["turn_buckets"])
-    for bound, count in part.get("turn_buckets", ()):
-        bound = float(bound)
-        buckets[bound] = buckets.get(bound, 0) + count
-    total["turn_buckets"] = sorted(buckets.items())
-
 
 def _bound_label(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(float(bound))

@@ -105,6 +105,8 @@ class ServerOptions:
                 raise TypeError(f"metrics_address must be a str 'host:port', "
                                 f"not {type(self.metrics_address).__name__}")
             check_port("metrics_address", self.metrics_address)
+            from .extras import require
+            require("prometheus_client", "metrics_address")
         if not isinstance(self.metrics_path, str) or not self.metrics_path.startswith("/"):
             raise ValueError(f"metrics_path must be a path starting with '/', got {self.metrics_path!r}")
         if self.ssl is not None:

@@ -11,6 +11,46 @@ if TYPE_CHECKING:
 TURN_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 
 
+#: Reasons a connection can close; always exported (as 0 when unseen) so dashboards see every series.
+CLOSE_REASONS = ("peer", "local", "reset", "error", "idle", "stop", "bad_input", "over_limit",
+                 "write_limit", "timeout", "handshake_timeout", "frame_timeout")
+
+Stats = dict[str, Any]
+
+
+def empty_stats() -> Stats:
+    """A `stats()`-shaped dict with every figure at zero (the sum of no processes)."""
+    return {
+        "connections": 0,
+        "accepted": 0,
+        "closed": {reason: 0 for reason in CLOSE_REASONS},
+        "received_bytes": 0,
+        "sent_bytes": 0,
+        "backpressure_pauses": 0,
+        "turn_buckets": [],
+        "turn_sum": 0.0,
+        "turn_count": 0,
+    }
+
+
+def add_stats(total: Stats, part: Stats, *, counters_only: bool = False) -> None:
+    """Add `part` into `total` in place.  Histograms are summed bucket by bucket (same bounds
+    in every process); `counters_only` leaves the `connections` gauge out (for dead workers)."""
+    if not counters_only:
+        total["connections"] += part.get("connections", 0)
+    for key in ("accepted", "received_bytes", "sent_bytes", "backpressure_pauses", "turn_count"):
+        total[key] += part.get(key, 0)
+    total["turn_sum"] += part.get("turn_sum", 0.0)
+    closed = total["closed"]
+    for reason, count in part.get("closed", {}).items():
+        closed[reason] = closed.get(reason, 0) + count
+    buckets: dict[float, int] = dict(total["turn_buckets"])
+    for bound, count in part.get("turn_buckets", ()):
+        bound = float(bound)
+        buckets[bound] = buckets.get(bound, 0) + count
+    total["turn_buckets"] = sorted(buckets.items())
+
+
 def collect(loops: list[EventLoop], connections: int) -> dict[str, Any]:
     """Counters summed over one process's loops, in the shape reactor.metrics exports."""
     closed: dict[str, int] = {}
@@ -38,4 +78,4 @@ def collect(loops: list[EventLoop], connections: int) -> dict[str, Any]:
     return stats
 
 
-__all__ = ["TURN_BUCKETS", "collect"]
+__all__ = ["CLOSE_REASONS", "Stats", "TURN_BUCKETS", "add_stats", "collect", "empty_stats"]

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .metrics import Stats, add_stats, empty_stats
+from .stats import Stats, add_stats, empty_stats
 from ._native import lib
 
 log = logging.getLogger("reactor.workers")

@@ -94,3 +94,28 @@ def test_a_quick_callback_is_not_logged_as_slow(caplog: pytest.LogCaptureFixture
             s.sendall(b"quick")
             assert recv_exactly(s, 5) == b"quick"
     assert not [r for r in caplog.records if r.name == "reactor.loop" and r.levelno >= logging.WARNING]
+
+
+def test_a_slow_turn_names_what_was_slow_not_the_handler(caplog: pytest.LogCaptureFixture) -> None:
+    """200 MiB sent from another thread to a client that does not read: the time goes into
+    copying what the kernel did not take, and the warning says so (the handler has no
+    on_message at all)."""
+    handler = Recorder()
+    big = b"z" * (200 << 20)
+    with caplog.at_level(logging.WARNING, logger="reactor.loop"):
+        with serve(handler, slow_callback=0.02, write_limit=1 << 30,
+                   write_high_water=1 << 30) as srv, connect(srv.address, rcvbuf=4096) as s:
+            (conn,) = handler.wait_connected(1)
+            conn.send(big)                      # from this thread: posted to the loop
+            deadline = time.monotonic() + TIMEOUT
+            while conn.pending_write == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            deadline = time.monotonic() + TIMEOUT
+            while not [r for r in caplog.records if "slow loop turn" in r.getMessage()] \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
+            s.close()
+    slow = [r.getMessage() for r in caplog.records if "slow loop turn" in r.getMessage()]
+    assert slow, "no slow-turn warning for a 200 MiB copy"
+    assert all("on_message" not in m for m in slow), slow
+    assert any("writing output" in m or "other threads" in m for m in slow), slow

@@ -9,7 +9,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf.message import DecodeError, Message
+try:
+    from google.protobuf.message import DecodeError, Message
+except ImportError:
+    from ..extras import missing
+    raise missing("google.protobuf", "reactor.plugins.protobuf") from None
 
 from ..protocol import Protocol, ProtocolError
 
