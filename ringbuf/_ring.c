@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -28,38 +29,75 @@ static int rb_memfd(size_t size)
 #endif
 }
 
+/* Mirrored mappings alive in this process (mapped by rb_map_mirror, not yet unmapped).  Each
+   costs two entries of vm.max_map_count; the count is what the Python side budgets against.
+   Atomic because the calls run without the GIL (and unmapping runs from any thread's gc). */
+static long rb_mirrors;
+
+long rb_mirror_count(void) { return __atomic_load_n(&rb_mirrors, __ATOMIC_RELAXED); }
+
 /* Reserve 2*size of address space, then map the same memfd pages into both halves, so that
    base[i] and base[i + size] are the same byte.  The memfd is closed before returning: the
-   mappings keep the pages alive, and no file descriptor is held per ring. */
-void *rb_map_mirror(size_t size)
+   mappings keep the pages alive, and no file descriptor is held per ring.  NULL (errno set)
+   on failure, or with ENOSPC when `budget` mirrored mappings are already alive: a slot is
+   taken before mapping and given back on failure, so racing callers never overshoot. */
+void *rb_map_mirror(size_t size, long budget)
 {
-    int fd = rb_memfd(size);
-    if (fd < 0) return NULL;
-    char *base = mmap(NULL, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) { int e = errno; close(fd); errno = e; return NULL; }
-    if (mmap(base, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED ||
-        mmap(base + size, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) {
-        int e = errno; munmap(base, 2 * size); close(fd); errno = e; return NULL;
+    if (size == 0 || size > (size_t)PTRDIFF_MAX / 2) { errno = EINVAL; return NULL; }
+    if (__atomic_add_fetch(&rb_mirrors, 1, __ATOMIC_RELAXED) > budget) {
+        __atomic_sub_fetch(&rb_mirrors, 1, __ATOMIC_RELAXED);
+        errno = ENOSPC;
+        return NULL;
     }
-    close(fd);
+    int fd = rb_memfd(size);
+    char *base = fd < 0 ? MAP_FAILED
+                        : mmap(NULL, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base != MAP_FAILED &&
+        (mmap(base, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED ||
+         mmap(base + size, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED)) {
+        int e = errno; munmap(base, 2 * size); errno = e;
+        base = MAP_FAILED;
+    }
+    if (fd >= 0) { int e = errno; close(fd); errno = e; }
+    if (base == MAP_FAILED) {
+        __atomic_sub_fetch(&rb_mirrors, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
     return base;
 }
 
-int rb_unmap_mirror(void *base, size_t size) { return munmap(base, 2 * size); }
-
-/* readv into up to two regions; bytes read, 0 at EOF, or -errno. */
-long rb_readv2(int fd, char *p1, size_t n1, char *p2, size_t n2)
+int rb_unmap_mirror(void *base, size_t size)
 {
-    struct iovec iov[2] = {{p1, n1}, {p2, n2}};
+    int r = munmap(base, 2 * size);
+    if (r == 0) __atomic_sub_fetch(&rb_mirrors, 1, __ATOMIC_RELAXED);
+    return r;
+}
+
+/* The two transfer calls take the whole buffer (`base`, `span` bytes: what Python read together
+   from one cdata) and two runs inside it: [off1, off1 + n1) and [0, n2).  A run that does not
+   fit is refused with -EINVAL before any system call, so whatever offsets the caller computed
+   (a ring misused from two threads can compute them from a stale capacity), the kernel never
+   touches memory outside the buffer the caller keeps alive for the call. */
+static int rb_runs_fit(size_t span, size_t off1, size_t n1, size_t n2)
+{
+    return off1 <= span && n1 <= span - off1 && n2 <= span;
+}
+
+/* readv into the two runs; bytes read, 0 at EOF, or -errno. */
+long rb_readv2(int fd, char *base, size_t span, size_t off1, size_t n1, size_t n2)
+{
+    if (!rb_runs_fit(span, off1, n1, n2)) return -EINVAL;
+    struct iovec iov[2] = {{base + off1, n1}, {base, n2}};
     ssize_t r = readv(fd, iov, n2 ? 2 : 1);
     return r < 0 ? -errno : (long)r;
 }
 
-/* writev from up to two regions; bytes written or -errno.  Sockets are written with sendmsg and
+/* writev from the two runs; bytes written or -errno.  Sockets are written with sendmsg and
    MSG_NOSIGNAL, so a reset peer gives -EPIPE and never a SIGPIPE; other fds fall back to writev. */
-long rb_writev2(int fd, const char *p1, size_t n1, const char *p2, size_t n2)
+long rb_writev2(int fd, const char *base, size_t span, size_t off1, size_t n1, size_t n2)
 {
-    struct iovec iov[2] = {{(void *)p1, n1}, {(void *)p2, n2}};
+    if (!rb_runs_fit(span, off1, n1, n2)) return -EINVAL;
+    struct iovec iov[2] = {{(void *)(base + off1), n1}, {(void *)base, n2}};
     ssize_t r;
 #ifdef MSG_NOSIGNAL
     struct msghdr m;

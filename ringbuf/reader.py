@@ -2,7 +2,22 @@
 `retrieve` and `len`, so each buffer only says where its bytes are."""
 from __future__ import annotations
 
+import operator
 from typing import Literal
+
+
+def _count(n: object, method: str) -> int:
+    """`n` as a byte count for `method` - the slow path of every call taking one, taken when it
+    is not a plain int above 0.  A negative count is a caller's arithmetic gone wrong, so it is
+    a ValueError rather than "everything" or "nothing"; a non-integer (which would otherwise
+    end up in the cursors) is a TypeError."""
+    try:
+        value = operator.index(n)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{method}() count must be an integer, not {type(n).__name__!r}") from None
+    if value < 0:
+        raise ValueError(f"{method}() count must be >= 0, got {value}")
+    return value
 
 
 class BufferReader:
@@ -26,7 +41,7 @@ class BufferReader:
         raise NotImplementedError
 
     def retrieve(self, n: int) -> None:
-        """Consume (discard) up to n unread bytes."""
+        """Consume (discard) up to n unread bytes (more than buffered consumes all)."""
         raise NotImplementedError
 
     # -- derived API ---------------------------------------------------------------------------
@@ -36,8 +51,10 @@ class BufferReader:
 
     def peek(self, n: int) -> memoryview:
         """View of the first min(n, len) unread bytes, without consuming them."""
+        if type(n) is not int or n < 0:
+            n = _count(n, "peek")
         size = len(self)
-        return self._view_at(0, n if 0 <= n < size else size)
+        return self._view_at(0, n if n < size else size)
 
     def peek_all(self) -> memoryview:
         """View of every unread byte (one contiguous memoryview)."""
@@ -49,13 +66,22 @@ class BufferReader:
 
     def read(self, n: int) -> bytes:
         """Copy out and consume up to n bytes."""
+        if type(n) is not int or n < 0:
+            n = _count(n, "read")
         data = bytes(self.peek(n))
         self.retrieve(len(data))
         return data
 
     def read_into(self, buf: bytearray | memoryview) -> int:
-        """Copy up to len(buf) bytes into `buf` and consume them; returns the count."""
-        out = memoryview(buf).cast("B")
+        """Copy up to len(buf) bytes into `buf` and consume them; returns the count.
+        TypeError (nothing consumed) unless `buf` is writable, contiguous and bytes-like."""
+        try:
+            out = memoryview(buf).cast("B")
+        except TypeError:
+            out = None
+        if out is None or out.readonly:
+            raise TypeError(f"read_into() argument must be a writable contiguous bytes-like object, "
+                            f"not {type(buf).__name__!r}")
         n = min(len(out), len(self))
         out[:n] = self._view_at(0, n)
         self.retrieve(n)
@@ -70,6 +96,8 @@ class BufferReader:
 
     def virtual_read(self, n: int) -> memoryview:
         """View of the next up to n bytes after earlier virtual reads; consumes nothing yet."""
+        if type(n) is not int or n < 0:
+            n = _count(n, "virtual_read")
         avail = len(self) - self._v
         if n > avail:
             n = avail
@@ -118,8 +146,10 @@ class ViewBuffer(BufferReader):
         return self._mv[start:start + n]
 
     def retrieve(self, n: int) -> None:
-        if n <= 0:
-            return
+        if type(n) is not int or n <= 0:
+            n = _count(n, "retrieve")
+            if n == 0:
+                return
         size = len(self._mv) - self._pos
         if n > size:
             n = size
