@@ -2,10 +2,11 @@
 deadlines that end a connection (idle, unfinished phases, a stalled flush, stop).
 
 Rules (each written where it is carried out below):
-- close(): the protocol says goodbye first (`Protocol.closing`: a WebSocket close frame) for
-  closes of our own ("local", "idle", "stop", a PeerTimeout), then TLS adds close_notify; the
-  connection becomes CLOSING and dirty.  The flush writes what is queued - the reply returned by
-  the call that closed it included - and calls `after_write` only once pg_flush has returned.
+- close(): the connection becomes CLOSING and dirty; sends raise ConnectionClosed from now on,
+  but the reply returned by the call that closed it still goes out.  At the flush, after that
+  reply, the goodbye is said (`goodbye`): the protocol's (`Protocol.closing`: a WebSocket close
+  frame) for closes of our own ("local", "idle", "stop", a PeerTimeout), then TLS close_notify;
+  then what is queued is written, and `after_write` runs only once pg_flush has returned.
 - after_write(): a requested FIN is sent; a CLOSING connection is finished.
 - finish(): counts, callbacks (protocol.connection_lost, then Handler.on_close, exactly once,
   while the fd is still open so addresses can be read), then the fd: closed at once when the
@@ -95,19 +96,36 @@ class Closer:
             return
         loop = self._loop
         reason = close_reason(error, reason)
-        if reason in _SERVER_SIDE or isinstance(error, PeerTimeout):
-            try:
-                loop.protocol.closing(conn, reason)
-            except Exception:
-                log.exception("%s.closing raised", type(loop.protocol).__name__)
-        tls = conn._tls
-        if tls is not None and reason != "bad_input":
-            loop.out.wire(conn, tls.shutdown())
+        hook = reason if reason in _SERVER_SIDE or isinstance(error, PeerTimeout) else None
+        tls = conn._tls is not None and reason != "bad_input"
+        if hook is not None or tls:
+            conn._bye = (hook, tls)               # said by the flush, after this turn's replies
         conn._state = CLOSING
         conn._error = error
         conn._reason = reason
         loop.update_interest(conn)
         loop.out.mark(conn)           # the flush writes what is queued, then finishes
+
+    def goodbye(self, conn: Connection) -> None:
+        """At the flush of a closing connection, after the replies of its last turn: the
+        protocol's goodbye (a WebSocket close frame), then TLS close_notify."""
+        bye = conn._bye
+        conn._bye = None
+        if bye is None:
+            return
+        hook, tls = bye
+        loop = self._loop
+        if hook is not None:
+            conn._state = OPEN                    # send_raw() works inside the hook
+            try:
+                loop.protocol.closing(conn, hook)
+            except Exception:
+                log.exception("%s.closing raised", type(loop.protocol).__name__)
+            finally:
+                conn._state = CLOSING
+        if tls and conn._tls is not None:
+            loop.out.seal_pending(conn)           # the replies are encrypted before close_notify
+            loop.out.wire(conn, conn._tls.shutdown())
 
     def abort(self, conn: Connection, error: BaseException | None, reason: str) -> None:
         """Close now, dropping unsent output (the peer is gone or broken)."""

@@ -149,6 +149,11 @@ class Output:
             self._seal(conn)
         self._add(conn, data)
 
+    def seal_pending(self, conn: Connection) -> None:
+        """Frame (and encrypt) this turn's replies now: what comes next must follow them."""
+        if conn._q is not None:
+            self._seal(conn)
+
     def echo(self, conn: Connection, kind: int, a: int, b: int) -> None:
         """Queue the arena range [a, a + b) (kind O_ARENA, or O_FRAME for C framing); ranges
         that continue the previous one merge into it."""
@@ -230,6 +235,8 @@ class Output:
             if conn._state == CLOSED:
                 conn._q = conn._parts = None
                 continue
+            if conn._bye is not None:
+                loop.closer.goodbye(conn)
             if conn._q is not None:
                 self._seal(conn)
             parts = conn._parts

@@ -17,7 +17,8 @@ from support import TIMEOUT, closed_by_peer, open_fds, recv_exactly, recv_to_eof
 from support import scrape_metrics as scrape
 
 from reactor import metrics
-from reactor.metrics import MetricsExporter, empty_stats
+from reactor.metrics import MetricsExporter
+from reactor.stats import empty_stats
 
 
 class FakeServer:

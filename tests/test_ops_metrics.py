@@ -12,7 +12,7 @@ import pytest
 from support import TIMEOUT, EchoRecorder, connect, recv_exactly, serve, wait_until
 from support import scrape_metrics as scrape
 
-from reactor.metrics import CLOSE_REASONS, add_stats, empty_stats
+from reactor.stats import CLOSE_REASONS, add_stats, empty_stats
 
 
 def test_scrape_shows_the_connections_bytes_and_close_reasons_the_test_produced() -> None:
