@@ -137,7 +137,7 @@ def test_a_peer_that_never_reads_is_dropped_at_write_limit_and_pending_write_cou
     bound; past write_limit the connection is dropped (OutputLimitExceeded)."""
     handler = Recorder()
     with serve(handler, write_high_water=64 << 10, write_limit=1 << 20) as srv:
-        with connect(srv.address, rcvbuf=4096) as sock:
+        with connect(srv.address, rcvbuf=4096):
             (conn,) = handler.wait_connected(1)
             chunk = b"b" * (64 << 10)
             seen = 0
