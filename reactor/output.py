@@ -3,7 +3,7 @@
 The only code that knows output part kinds, the echo merge and computed replies.  Rules:
 
 - A reply that needs the codec's framing is appended to `conn._q` (one list append on the hot
-  path).  Everything else - arena ranges (echoes), raw bytes, TLS records - is a part
+  path; the list lives for the turn, sealing empties it in place).  Everything else - arena ranges (echoes), raw bytes, TLS records - is a part
   `(kind, a, b)` in `conn._parts`.  Before a part is added the pending `_q` is *sealed*:
   framed into one bytes object (a delimiter join, headers built in one comprehension), passed
   through TLS, and added as a part.  So parts stand in the order they were handed over.
@@ -136,7 +136,7 @@ class Output:
     def raw(self, conn: Connection, data: Any, source: str = "send_raw()") -> None:
         """Bytes as they are (no framing), in order with the replies; through TLS if any."""
         data = bytes_like(data, source)
-        if conn._q is not None:
+        if conn._q:
             self._seal(conn)
         tls = conn._tls
         if tls is not None:
@@ -145,19 +145,19 @@ class Output:
 
     def wire(self, conn: Connection, data: bytes) -> None:
         """Bytes for the socket exactly as they are (TLS records), in order."""
-        if conn._q is not None:
+        if conn._q:
             self._seal(conn)
         self._add(conn, data)
 
     def seal_pending(self, conn: Connection) -> None:
         """Frame (and encrypt) this turn's replies now: what comes next must follow them."""
-        if conn._q is not None:
+        if conn._q:
             self._seal(conn)
 
     def echo(self, conn: Connection, kind: int, a: int, b: int) -> None:
         """Queue the arena range [a, a + b) (kind O_ARENA, or O_FRAME for C framing); ranges
         that continue the previous one merge into it."""
-        if conn._q is not None:
+        if conn._q:
             self._seal(conn)
         parts = conn._parts
         if parts is None:
@@ -169,10 +169,12 @@ class Output:
             parts += (kind, a, b)
 
     def _seal(self, conn: Connection) -> None:
+        """Frame the pending replies into one part.  The list object stays (emptied): a reader
+        looping over a run of messages keeps appending to it, in order after the part."""
         q = conn._q
-        assert q is not None
-        conn._q = None
+        assert q
         data = q[0] if self._plain and len(q) == 1 else self._frame(q)
+        q.clear()
         tls = conn._tls
         if tls is not None:
             data = tls.encrypt(data)
@@ -237,8 +239,9 @@ class Output:
                 continue
             if conn._bye is not None:
                 loop.closer.goodbye(conn)
-            if conn._q is not None:
+            if conn._q:
                 self._seal(conn)
+            conn._q = None
             parts = conn._parts
             conn._parts = None
             if parts is not None:

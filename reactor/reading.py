@@ -119,7 +119,7 @@ class Reader:
                 if res is None:
                     continue
                 if res is msg:
-                    if conn._q is None:
+                    if not conn._q:
                         parts = conn._parts
                         if parts is None:
                             conn._parts = [O_ARENA, a, b]
@@ -191,7 +191,7 @@ class Reader:
                 if res is None:
                     continue
                 if res is msg and echo_kind is not None:
-                    if conn._q is None:
+                    if not conn._q:
                         parts = conn._parts
                         a -= pre
                         b += extra
@@ -230,25 +230,21 @@ class Reader:
         lines.pop()                         # the run ends with a delimiter
         if self._strip_cr and b"\r" in chunk:
             lines = [x[:-1] if x[-1:] == b"\r" else x for x in lines]
-        on_message = self._on_message
         out = self._loop.out
+        q = conn._q
+        if q is None:
+            q = conn._q = []
+            out.mark(conn)
+        append = q.append                   # the list lives for the turn (see output.py)
+        on_message = self._on_message
         native_reply = self._native_reply
-        dirty_append = out.dirty_append
         for msg in lines:
             try:
                 res = on_message(conn, None, msg)
-                if res is not None:
-                    if type(res) is bytes and native_reply:
-                        q = conn._q          # fetched each time: a send_raw() seals it
-                        if q is None:
-                            conn._q = [res]
-                            if not conn._dirty:
-                                conn._dirty = True
-                                dirty_append(conn)
-                        else:
-                            q.append(res)
-                    else:
-                        out.reply(conn, res, self._source)
+                if type(res) is bytes and native_reply:
+                    append(res)
+                elif res is not None:
+                    out.reply(conn, res, self._source)
             except Exception as exc:
                 self._loop.closer.fail(conn, exc)
                 return

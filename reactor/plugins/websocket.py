@@ -52,7 +52,7 @@ from wsproto.events import Request as WsRequest
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
-from ..protocol import Protocol, ProtocolError
+from .. import PeerTimeout, Protocol, ProtocolError
 
 if TYPE_CHECKING:
     from ringbuf import BufferReader
@@ -258,9 +258,7 @@ class _Deadline:
             return
         message = f"websocket upgrade not finished within {delay:g} s"
         log.info("closing %r: %s", conn, message)
-        # TODO: conn.close(PeerTimeout(message, reason="handshake_timeout")) once reactor has
-        # PeerTimeout and close(error); until then the close is labelled "local"
-        conn.close()
+        conn.close(PeerTimeout(message, reason="handshake_timeout"))
 
 
 class WebSocketState:
