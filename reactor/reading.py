@@ -68,85 +68,26 @@ class Reader:
                     self._post = len(plan.suffix)
             else:
                 self._echo_kind = O_FRAME
+        self._message_row = R_FRAME if plan is not None and plan.split is not None else R_DATA
         if plan is None or loop.tls:
             self.dispatch = self._dispatch_generic
-        elif plan.split is None:
-            self.dispatch = self._dispatch_raw
         else:
-            self.dispatch = self._dispatch_frames
+            self.dispatch = self._dispatch_messages
         self._nsplit = ffi.new("int *")
         split = plan.split if plan is not None and plan.split is not None else {}
         self._delim = bytes(split.get("delim", b"\n"))
         self._strip_cr = bool(split.get("strip_cr", 0))
         # PG_R_LINES runs: delimiter codecs whose replies need no packet(), echo or not
         self.lines = (bool(split.get("delim")) and self._native_reply
-                      and self.dispatch == self._dispatch_frames)
+                      and self.dispatch == self._dispatch_messages)
 
     # ------------------------------------------------------------------------------------
     # the three readers
     # ------------------------------------------------------------------------------------
-    def _dispatch_raw(self, rows: list[int]) -> None:
-        """DefaultProtocol: one read is one message.  A reply that is the message itself is
-        queued as its arena range."""
-        loop = self._loop
-        conns = loop.conns
-        arena = loop.arena
-        amv = arena.mv
-        thr = self._view_min
-        now = loop.now
-        on_message = self._on_message
-        out = loop.out
-        dirty_append = out.dirty_append
-        tv = None
-        it = iter(rows)
-        for fd, a, b, code in zip(it, it, it, it):
-            conn = conns.get(fd)
-            if code != R_DATA or conn is None:
-                self.event(fd, a, b, code, conn)
-                continue
-            if conn._state:
-                continue
-            conn._last = now
-            msg: Any
-            if b < thr:
-                msg = amv[a:a + b].tobytes()
-            else:
-                if tv is None:
-                    tv = arena.turn_view()
-                msg = tv[a:a + b]
-            try:
-                res = on_message(conn, None, msg)
-                if res is None:
-                    continue
-                if res is msg:
-                    if not conn._q:
-                        parts = conn._parts
-                        if parts is None:
-                            conn._parts = [O_ARENA, a, b]
-                            if not conn._dirty:
-                                conn._dirty = True
-                                dirty_append(conn)
-                        else:
-                            parts += (O_ARENA, a, b)
-                    else:
-                        out.echo(conn, O_ARENA, a, b)
-                elif type(res) is bytes:
-                    q = conn._q
-                    if q is None:
-                        conn._q = [res]
-                        if not conn._dirty:
-                            conn._dirty = True
-                            dirty_append(conn)
-                    else:
-                        q.append(res)
-                else:
-                    out.reply(conn, res, self._source)
-            except Exception as exc:
-                loop.closer.fail(conn, exc)
-
-    def _dispatch_frames(self, rows: list[int]) -> None:
-        """Built-in codecs: frames were split in C; each goes to on_message.  Replies are
-        framed natively (no packet() call); echoes go out as arena ranges."""
+    def _dispatch_messages(self, rows: list[int]) -> None:
+        """Raw reads (DefaultProtocol: one read, one message) and built-in codecs (frames
+        split in C): each message goes to on_message.  Replies are framed natively (no packet()
+        call); a reply that is the message itself goes out as its arena range."""
         loop = self._loop
         conns = loop.conns
         arena = loop.arena
@@ -161,6 +102,7 @@ class Reader:
         extra = pre + self._post
         merge = echo_kind == O_ARENA
         native_reply = self._native_reply
+        message = self._message_row
         tv = None
         last_fd = -1
         conn: Any = None
@@ -171,7 +113,7 @@ class Reader:
                 conn = conns.get(fd)
                 if conn is not None:
                     conn._last = now
-            if code != R_FRAME or conn is None:
+            if code != message or conn is None:
                 if code == R_LINES and conn is not None:
                     self._lines(conn, a, b)
                 else:
