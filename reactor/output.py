@@ -3,10 +3,11 @@
 The only code that knows output part kinds, the echo merge and computed replies.  Rules:
 
 - A reply that needs the codec's framing is appended to `conn._q` (one list append on the hot
-  path; the list lives for the turn, sealing empties it in place).  Everything else - arena ranges (echoes), raw bytes, TLS records - is a part
-  `(kind, a, b)` in `conn._parts`.  Before a part is added the pending `_q` is *sealed*:
-  framed into one bytes object (a delimiter join, headers built in one comprehension), passed
-  through TLS, and added as a part.  So parts stand in the order they were handed over.
+  path; the list lives for the turn, sealing empties it in place).  Everything else - arena
+  ranges (echoes), raw bytes, TLS records - is a part `(kind, a, b)` in `conn._parts`.  Before
+  a part is added the pending `_q` is *sealed*: framed into one bytes object (a delimiter join,
+  or length headers written by one C call), passed through TLS, and added as a part.  So parts
+  stand in the order they were handed over.
 - Sealed output up to PIN_MIN bytes is appended to the turn's blob (one bytearray, handed to C
   once per flush); larger output is pinned: `bytes` as they are (immutable), anything else
   copied first, so a caller may reuse its buffer as soon as send() returns.
