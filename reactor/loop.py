@@ -165,6 +165,10 @@ class EventLoop:
         if 0 <= fd < self._nflags:
             self._flags[fd] = flag
 
+    def arena_used(self) -> int:
+        """Bytes the last poll read into the arena (its rows lie within them)."""
+        return int(self._L.used)
+
     def arena_view(self, a: int, b: int) -> memoryview:
         return self.arena.mv[a:a + b]
 

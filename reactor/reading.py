@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .loop import EventLoop
 
 MAX_ROWS = 16384
+TURN_COPY_MAX = 256 << 10   # a turn that read more than this makes each small message on its own
 
 
 class Reader:
@@ -103,6 +104,7 @@ class Reader:
         merge = echo_kind == O_ARENA
         native_reply = self._native_reply
         message = self._message_row
+        turn: Any = None          # this turn's arena bytes as one bytes object, made lazily
         tv = None
         last_fd = -1
         conn: Any = None
@@ -123,7 +125,10 @@ class Reader:
                 continue
             msg: Any
             if b < thr:
-                msg = amv[a:a + b].tobytes()
+                if turn is None:  # one copy of what the poll read, then a bytes slice per message
+                    used = loop.arena_used()
+                    turn = amv[:used].tobytes() if used <= TURN_COPY_MAX else False
+                msg = turn[a:a + b] if turn else amv[a:a + b].tobytes()
             else:
                 if tv is None:
                     tv = arena.turn_view()
