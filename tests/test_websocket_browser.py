@@ -31,7 +31,13 @@ def load_chat_example():
 def browser():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
-    assert chromium and driver_path, "install the Debian packages chromium and chromium-driver"
+    if not (chromium and driver_path):
+        # .ci/run installs them as root (CI runs as root, so there this test always runs); a
+        # plain user who cannot install them still gets every other test, and this says why not.
+        hint = "install the Debian packages chromium and chromium-driver (apt-get, as root)"
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            pytest.fail(hint)
+        pytest.skip(f"no Chromium here and not root: {hint}")
     profile = tempfile.mkdtemp(prefix="pygev-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
