@@ -6,6 +6,7 @@ so no number is written on both sides of the boundary.  Other modules import fro
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from ._reactor_native import ffi, lib
 
@@ -33,12 +34,12 @@ DELIM_MAX = lib.PG_DELIM_MAX
 SOCKADDR_SIZE = lib.pg_sockaddr_size()
 
 
-def configure_codec(codec: object, split: dict | None) -> None:
+def configure_codec(codec: Any, split: dict | None) -> None:
     """Fill a `pg_codec *` from a protocol's NativePlan.split (pg_codec field names)."""
     for key, value in (split or {}).items():
         if key == "delim":
-            codec.delim_len = len(value)         # type: ignore[attr-defined]
-            ffi.memmove(codec.delim, bytes(value), len(value))   # type: ignore[attr-defined]
+            codec.delim_len = len(value)
+            ffi.memmove(codec.delim, bytes(value), len(value))
         else:
             setattr(codec, key, value)
 

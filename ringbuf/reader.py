@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import operator
-from typing import Literal
+from typing import Any, Literal
 
 
-def _count(n: object, method: str) -> int:
+def whole_number(n: Any, what: str) -> int:
+    """`n` as a non-negative integer, or TypeError / ValueError naming `what`."""
+    try:
+        value = operator.index(n)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, not {type(n).__name__!r}") from None
+    if value < 0:
+        raise ValueError(f"{what} must be >= 0, got {value}")
+    return value
+
+
+def _count(n: Any, method: str) -> int:
     """`n` as a byte count for `method` - the slow path of every call taking one, taken when it
     is not a plain int above 0.  A negative count is a caller's arithmetic gone wrong, so it is
     a ValueError rather than "everything" or "nothing"; a non-integer (which would otherwise
     end up in the cursors) is a TypeError."""
-    try:
-        value = operator.index(n)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{method}() count must be an integer, not {type(n).__name__!r}") from None
-    if value < 0:
-        raise ValueError(f"{method}() count must be >= 0, got {value}")
-    return value
+    return whole_number(n, f"{method}() count")
 
 
 class BufferReader:

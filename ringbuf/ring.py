@@ -31,7 +31,7 @@ import sys
 from typing import Any
 
 from ._ringbuf_native import ffi, lib
-from .reader import BufferReader, _count
+from .reader import BufferReader, _count, whole_number
 
 _PAGE = lib.rb_page_size()
 _PORTABLE = os.environ.get("RINGBUF_PORTABLE", "") not in ("", "0")
@@ -45,15 +45,9 @@ def _round_up(n: int, unit: int) -> int:
 
 
 # -- mapping budget ----------------------------------------------------------------------------
-def _budget_value(n: object, what: str) -> int:
+def _budget_value(n: Any, what: str) -> int:
     """`n` checked as a budget (a non-negative integer); `what` names it in the error."""
-    try:
-        value = operator.index(n)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{what} must be an integer, not {type(n).__name__!r}") from None
-    if value < 0:
-        raise ValueError(f"{what} must be >= 0, got {value}")
-    return min(value, _BUDGET_CAP)
+    return min(whole_number(n, what), _BUDGET_CAP)
 
 
 def _default_budget() -> int:
