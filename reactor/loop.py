@@ -296,7 +296,10 @@ class EventLoop:
                 try:
                     self._turn()
                 except KeyboardInterrupt:
-                    self.server.stop()    # graceful: this loop keeps turning until flushed
+                    if self._stopping:    # a second Ctrl-C: drop what is left, end now
+                        self.server.hurry()
+                    else:
+                        self.server.stop()    # graceful: this loop keeps turning until flushed
                 except Exception:     # a bug in pygev itself: keep serving, say so loudly
                     log.exception("internal error in event loop %d", self.index)
         finally:

@@ -206,9 +206,13 @@ class Server:
         try:
             self._done.wait()
         except KeyboardInterrupt:
-            for loop in self._loops:
-                loop.call_soon(loop.closer.begin_stop, 0)
+            self.hurry()
             self._done.wait()
+
+    def hurry(self) -> None:
+        """End a stop under way at once: what is still queued is dropped (a second Ctrl-C)."""
+        for loop in self._loops:
+            loop.call_soon(loop.closer.begin_stop, 0)
 
     def __enter__(self) -> Server:
         """Serve in a background thread; the bound address is ready when this returns."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
-from support import Recorder, connect, serve
+from support import Recorder, connect, run_python, serve
 
 from reactor import Server
 
@@ -45,3 +47,89 @@ def test_pending_write_counts_sends_from_other_threads_at_once() -> None:
             assert conn.pending_write == (1 << 20) + 10
         finally:
             release.set()
+
+
+def test_a_missing_extra_names_the_pip_install() -> None:
+    out = run_python(
+        "import sys\n"
+        "sys.modules['prometheus_client'] = None\n"       # as if not installed
+        "sys.modules['google.protobuf'] = None\n"
+        "sys.modules['google.protobuf.message'] = None\n"
+        "from reactor import Server, Handler\n"
+        "try:\n"
+        "    Server(Handler(), address='127.0.0.1:0', metrics_address='127.0.0.1:0')\n"
+        "except ImportError as e:\n"
+        "    print('metrics:', e)\n"
+        "try:\n"
+        "    import reactor.plugins.protobuf\n"
+        "except ImportError as e:\n"
+        "    print('protobuf:', e)\n")
+    assert "metrics: " in out and "pip install 'pygev[metrics]'" in out, out
+    assert "protobuf: " in out and "pip install 'pygev[protobuf]'" in out, out
+
+
+def test_a_second_ctrl_c_during_a_graceful_stop_ends_it_cleanly() -> None:
+    """start() on the main thread, a client that never reads holding 8 MiB of output: the first
+    SIGINT starts the graceful stop (which would wait for the flush), the second ends it at
+    once - no traceback, no fd left, exit 0."""
+    code = (
+        "import os, signal, socket, threading, time\n"
+        "from reactor import Server, Handler\n"
+        "class H(Handler):\n"
+        "    def on_connect(self, conn):\n"
+        "        conn.send(b'x' * (8 << 20))\n"
+        "srv = Server(H(), address='127.0.0.1:0')\n"
+        "def client():\n"
+        "    while srv.address is None: time.sleep(0.01)\n"
+        "    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)\n"
+        "    s.connect(srv.address)\n"
+        "    while srv.connection_count == 0: time.sleep(0.01)\n"
+        "    time.sleep(0.2); os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.5); os.kill(os.getpid(), signal.SIGINT)\n"
+        "    end = time.monotonic() + 10\n"             # a reader that always makes a little progress
+        "    while time.monotonic() < end:\n"
+        "        s.recv(64); time.sleep(0.1)\n"
+        "    print('client gave up', flush=True); s.close()\n"
+        "threading.Thread(target=client, daemon=True).start()\n"
+        "started = time.monotonic()\n"
+        "srv.start()\n"
+        "print('stopped after', round(time.monotonic() - started, 1), 'connections', srv.connection_count)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=40)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "stopped after" in out and "connections 0" in out, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert "client gave up" not in out, out     # it ended on the second Ctrl-C, not on the client
+
+
+def test_a_second_ctrl_c_while_leaving_a_with_block_ends_the_stop_cleanly() -> None:
+    code = (
+        "import os, signal, socket, threading, time\n"
+        "from reactor import Server, Handler\n"
+        "class H(Handler):\n"
+        "    def on_connect(self, conn):\n"
+        "        conn.send(b'x' * (8 << 20))\n"
+        "def client(srv):\n"
+        "    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)\n"
+        "    s.connect(srv.address)\n"
+        "    while srv.connection_count == 0: time.sleep(0.01)\n"
+        "    time.sleep(0.2); os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.5); os.kill(os.getpid(), signal.SIGINT)\n"
+        "    end = time.monotonic() + 10\n"
+        "    while time.monotonic() < end:\n"
+        "        s.recv(64); time.sleep(0.1)\n"
+        "    print('client gave up', flush=True)\n"
+        "srv = Server(H(), address='127.0.0.1:0')\n"
+        "try:\n"
+        "    with srv:\n"
+        "        threading.Thread(target=client, args=(srv,), daemon=True).start()\n"
+        "        time.sleep(30)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+        "print('connections', srv.connection_count, 'threads', threading.active_count())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=40)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "interrupted" in out and "connections 0" in out, out
+    assert "Traceback" not in out, out
+    assert "client gave up" not in out, out
