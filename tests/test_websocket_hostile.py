@@ -13,6 +13,7 @@ import pytest
 from support import TIMEOUT, EchoRecorder, Recorder, closed_by_peer, connect, recv_to_eof, serve, wait_until
 from websocket_frames import frame, mask_bytes, open_ws, read_close, read_frame, read_head, read_response
 
+from reactor import PeerTimeout
 from reactor.plugins.websocket import MAX_REQUEST_HEAD, WebSocketProtocol
 
 
@@ -199,14 +200,17 @@ def test_request_head_that_never_ends_is_closed_at_the_deadline(no_errors):
             assert answer == b"", "nothing is answered to a request that never ended"
         conn = handler.wait_connected(1)[0]
         error = handler.wait_closed(conn)
-        assert error is None or isinstance(error, TimeoutError)
+        assert isinstance(error, PeerTimeout) and error.reason == "handshake_timeout", error
         wait_until(lambda: srv.connection_count == 0, what="the connection closed")
 
 
 def test_connection_that_sends_nothing_is_closed_at_the_deadline(no_errors):
-    with serve(Recorder(), protocol=WebSocketProtocol(handshake_timeout=0.3)) as srv:
+    handler = Recorder()
+    with serve(handler, protocol=WebSocketProtocol(handshake_timeout=0.3)) as srv:
         with connect(srv.address) as sock:
             assert recv_to_eof(sock, timeout=TIMEOUT) == b""
+        error = handler.wait_closed(handler.wait_connected(1)[0])
+        assert isinstance(error, PeerTimeout) and error.reason == "handshake_timeout", error
 
 
 def test_deadline_does_not_touch_upgraded_connections(no_errors):
