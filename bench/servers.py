@@ -92,6 +92,9 @@ SERVERS: list[ServerSpec] = [
         ("wsproto",),
     ),
     ServerSpec("pygev", "resp", "pygev examples/resp.py", _py(ROOT / "examples" / "resp.py")),
+    # the same server parsing each read's commands as one message (the hand-batched shortcut)
+    ServerSpec("pygev-batch", "resp", "pygev examples/resp.py --batch",
+               _py(ROOT / "examples" / "resp.py", "--batch")),
     *_peer_pairs(),
     ServerSpec(
         "asyncio",

@@ -233,11 +233,31 @@ class Output:
         spec: list[int] = []
         groups: list[Connection] = []
         finishing: list[Connection] = []
+        blob = self._blob
+        frame = self._frame
+        plain = self._plain
         for conn in dirty:
             conn._dirty = False
             if conn._state == CLOSED:
                 conn._q = conn._parts = None
                 continue
+            q = conn._q
+            if q and conn._parts is None and conn._out is None and conn._tls is None \
+                    and conn._bye is None:
+                # the common case, inline: this turn's replies and nothing else
+                data = q[0] if plain and len(q) == 1 else frame(q)
+                n = len(data)
+                if n <= PIN_MIN:
+                    conn._q = None
+                    conn._last = now
+                    spec += (conn._fd, 1, O_BLOB, len(blob), n)
+                    blob += data
+                    groups.append(conn)
+                    if conn._state or conn._shut == 1:
+                        finishing.append(conn)
+                    continue
+                self._add(conn, data)             # large: pinned, then the general path
+                q.clear()
             if conn._bye is not None:
                 loop.closer.goodbye(conn)
             if conn._q:
