@@ -85,10 +85,13 @@ def test_kept_view_never_shows_another_connections_bytes(threshold: int, size: i
             expected_a = [bytes(k) for k in handler.kept]   # what on_message was handed
             assert b"".join(expected_a) == payload_a
             with connect(srv.address, timeout=WAIT) as b:
+                def b_received() -> int:
+                    return sum(len(k) for k in handler.kept[n_a:])
+
                 for turn in range(1, 4):                    # several turns over the same memory
                     b.sendall(payload_b)
-                    wait_until(lambda: sum(len(k) for k in handler.kept[n_a:]) >= turn * size,
-                               WAIT, "B's bytes")
+                    want = turn * size
+                    wait_until(lambda: b_received() >= want, WAIT, "B's bytes")  # noqa: B023
             # A itself sends more, on the same connection (its own read buffer reused)
             a.sendall(payload_b)
             wait_until(lambda: sum(len(k) for k in handler.kept[n_a:]) >= 4 * size, WAIT,
@@ -304,6 +307,8 @@ def test_stop_while_clients_connect_leaks_no_descriptors() -> None:
     done = threading.Event()
 
     def dial() -> None:
+        # Each client closes right after connecting: the server's lingering close (it reads
+        # until the peer's FIN, LINGER_DRAIN at most) then ends at once, so stop() is quick.
         try:
             for i in range(200):
                 s = socket.socket()
@@ -313,6 +318,7 @@ def test_stop_while_clients_connect_leaks_no_descriptors() -> None:
                     s.connect(address)
                 except OSError:
                     pass
+                s.close()
                 if i == 20:
                     go.set()
         finally:
@@ -326,8 +332,9 @@ def test_stop_while_clients_connect_leaks_no_descriptors() -> None:
     t.join(WAIT)
     assert done.is_set()
     assert srv.connection_count == 0
+    assert handler.connected, "no connection was accepted before stop()"
     for s in clients:
-        s.close()
+        s.close()                   # already closed; the fds are not ours any more
     after = open_fds()
     assert len(after) <= len(before), f"leaked descriptors: {sorted(after - before)}"
 
