@@ -219,6 +219,8 @@ class Server:
         with self._lock:
             if self._started:
                 raise RuntimeError(_RUNS_ONCE)
+            if self._stop_requested:      # it would not serve: say so instead of doing nothing
+                raise RuntimeError("this Server was stopped before it started; build a new one")
         self._bg = threading.Thread(target=self._serve_background, name="reactor-server", daemon=True)
         self._bg.start()
         self._ready.wait()
