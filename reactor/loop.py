@@ -450,7 +450,6 @@ class EventLoop:
             log.warning("cannot register connection fd %d: %s", fd, exc)
             return
         self.server.admission.configure(fd)
-        conn._peer = self.addresses.peer(fd)
         try:
             self.protocol.connection_made(conn)
             self.handler.on_connect(conn)
