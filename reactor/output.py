@@ -53,9 +53,16 @@ def _framer(plan: NativePlan | None) -> Callable[[list], Any]:
     width, little = plan.header_width, int(plan.header_order == "little")
     frame = lib.pg_frame_headers
 
+    order = plan.header_order
+
     def frame_header(q: list) -> Any:
-        src = b"".join(q)
         n = len(q)
+        if n == 1:              # one reply (no pipelining): a concatenation beats the C call
+            r = q[0]
+            return len(r).to_bytes(width, order) + r
+        if n <= 8:
+            return b"".join([x for r in q for x in (len(r).to_bytes(width, order), r)])
+        src = b"".join(q)       # many: the headers are written by one C call
         dst = bytearray(len(src) + width * n)
         frame(src, list(map(len, q)), n, width, little, ffi.from_buffer(dst))
         return dst
