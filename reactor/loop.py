@@ -398,7 +398,7 @@ class EventLoop:
                 self.closer.fail(conn, exc)
 
     def pending_write(self, conn: Connection) -> int:
-        n = self.out.pending(conn) + conn._posted
+        n = self.out.pending(conn) + conn._posted + self.protocol.pending_output(conn)
         if conn._tls is not None:
             n += conn._tls.pending
         return n

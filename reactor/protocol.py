@@ -77,6 +77,11 @@ class Protocol:
         """What the native layer may do for this protocol; None: call unpacket/packet."""
         return None
 
+    def pending_output(self, conn: Connection) -> int:
+        """Bytes this protocol holds for `conn` that are not queued yet (e.g. frames sent before
+        a handshake ends); counted in `conn.pending_write`."""
+        return 0
+
     def connection_made(self, conn: Connection) -> None:
         """Called on the loop thread when a connection is accepted, before Handler.on_connect."""
 

@@ -209,3 +209,47 @@ def test_stop_with_no_timeout_is_bounded_against_a_slow_reader(monkeypatch: pyte
     sock.close()
     assert srv.connection_count == 0
     assert took < TIMEOUT, took                  # bounded (by 0.5 s here), not forever
+
+
+def test_a_tls_client_hello_trickled_a_byte_at_a_time_is_closed_by_its_deadline() -> None:
+    """Each byte is progress, so idle_timeout never fires; the handshake deadline is fixed
+    from accept, so it does."""
+    handler = Recorder()
+    hello = bytearray(b"\x16\x03\x01\x02\x00" + b"\x01" * 512)   # a record header announcing 512 B
+    stop = threading.Event()
+    with serve(handler, ssl=server_context(), handshake_timeout=0.3, idle_timeout=5) as srv:
+        with connect(srv.address) as sock:
+            (conn,) = handler.wait_connected(1)
+
+            def trickle() -> None:
+                for byte in hello:
+                    if stop.wait(0.02):
+                        return
+                    try:
+                        sock.send(bytes([byte]))
+                    except OSError:
+                        return
+            t = threading.Thread(target=trickle, daemon=True)
+            t.start()
+            try:
+                error = handler.wait_closed(conn)
+            finally:
+                stop.set()
+                t.join(TIMEOUT)
+    assert isinstance(error, PeerTimeout) and error.reason == "handshake_timeout"
+
+
+def test_pending_write_counts_websocket_frames_held_before_the_upgrade() -> None:
+    from reactor.plugins.websocket import WebSocketProtocol
+    seen: list[int] = []
+
+    class Greeter(Recorder):
+        def on_connect(self, conn: Connection) -> None:
+            super().on_connect(conn)
+            conn.send("hello")                  # before the upgrade: held by the protocol
+            seen.append(conn.pending_write)
+
+    handler = Greeter()
+    with serve(handler, protocol=WebSocketProtocol()) as srv, connect(srv.address):
+        handler.wait_connected(1)
+    assert seen and seen[0] >= len("hello") + 2     # the frame: 2-byte header + payload

@@ -795,6 +795,11 @@ class WebSocketProtocol(Protocol):
         conn.send_raw(response.to_bytes())
 
     # -- output -----------------------------------------------------------------------------
+    def pending_output(self, conn: Connection) -> int:
+        """Frames sent before the upgrade completed, held until its response goes out."""
+        st: WebSocketState | None = conn.protocol_state
+        return sum(map(len, st.early)) if st is not None and st.early else 0
+
     def packet(self, conn: Connection, data: Any) -> Any:
         """A text frame for str, a binary frame for bytes-like data (compressed when
         negotiated).  Frames sent before the upgrade completes follow its response; after the
