@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from support import recv_exactly
+
 from reactor import ProtocolError, Server
 from ringbuf import RingBuffer
 
@@ -58,19 +60,6 @@ def connect(srv: Server, rcvbuf: int | None = None) -> socket.socket:
     sock.settimeout(TIMEOUT)
     sock.connect(srv.address)
     return sock
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    deadline = time.monotonic() + TIMEOUT
-    buf = bytearray()
-    while len(buf) < n:
-        left = deadline - time.monotonic()
-        assert left > 0, f"timed out after {len(buf)} of {n} bytes"
-        sock.settimeout(left)
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
-        assert chunk, f"EOF after {len(buf)} of {n} bytes: {bytes(buf[:200])!r}"
-        buf += chunk
-    return bytes(buf)
 
 
 def recv_to_eof(sock: socket.socket, limit: int = 1 << 20) -> bytes:
