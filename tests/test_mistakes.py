@@ -63,9 +63,16 @@ def test_a_missing_extra_names_the_pip_install() -> None:
         "try:\n"
         "    import reactor.plugins.protobuf\n"
         "except ImportError as e:\n"
-        "    print('protobuf:', e)\n")
+        "    print('protobuf:', e)\n"
+        "for name in [m for m in sys.modules if m.startswith('wsproto')] + ['wsproto']:\n"
+        "    sys.modules[name] = None\n"
+        "try:\n"
+        "    import reactor.plugins.websocket\n"
+        "except ImportError as e:\n"
+        "    print('websocket:', e)\n")
     assert "metrics: " in out and "pip install 'pygev[metrics]'" in out, out
     assert "protobuf: " in out and "pip install 'pygev[protobuf]'" in out, out
+    assert "websocket: " in out and "pip install 'pygev[websocket]'" in out, out
 
 
 def test_a_second_ctrl_c_during_a_graceful_stop_ends_it_cleanly() -> None:

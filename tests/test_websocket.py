@@ -13,6 +13,7 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from reactor.plugins import websocket as wsmod
+from reactor.plugins import ws_wire
 from reactor.plugins.websocket import HttpResponse, WebSocketProtocol, WebSocketState
 
 
@@ -299,8 +300,8 @@ def test_unmask_implementations_agree():
     for n in (0, 1, 3, 4, 5, 125, 126, 1000, 65537):
         data, key = os.urandom(n), os.urandom(4)
         expected = bytes(b ^ key[i % 4] for i, b in enumerate(data))
-        assert wsmod._unmask_int(memoryview(data), memoryview(key)) == expected
-        assert bytes(wsmod._unmask(memoryview(data), memoryview(key))) == expected
+        assert ws_wire.unmask_python(memoryview(data), memoryview(key)) == expected
+        assert bytes(ws_wire.unmask(memoryview(data), memoryview(key))) == expected
 
 
 def test_state_and_packet_after_close():
@@ -316,10 +317,10 @@ def test_state_and_packet_after_close():
 
 
 def test_server_frames_use_minimal_lengths():
-    assert wsmod._frame(0x82, b"a" * 125)[:2] == b"\x82\x7d"
-    assert wsmod._frame(0x82, b"a" * 126)[:4] == b"\x82\x7e\x00\x7e"
-    assert wsmod._frame(0x81, b"a" * 65536)[:10] == b"\x81\x7f" + (65536).to_bytes(8, "big")
-    assert wsmod.close_frame(1000, "x") == b"\x88\x03\x03\xe8x"
+    assert ws_wire.build_frame(0x82, b"a" * 125)[:2] == b"\x82\x7d"
+    assert ws_wire.build_frame(0x82, b"a" * 126)[:4] == b"\x82\x7e\x00\x7e"
+    assert ws_wire.build_frame(0x81, b"a" * 65536)[:10] == b"\x81\x7f" + (65536).to_bytes(8, "big")
+    assert ws_wire.close_frame(1000, "x") == b"\x88\x03\x03\xe8x"
 
 
 def test_bad_max_message_size():

@@ -38,21 +38,52 @@ A request head over MAX_REQUEST_HEAD bytes is answered with 431, a malformed one
 """
 from __future__ import annotations
 
-import codecs
 import logging
 import zlib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from http import HTTPStatus
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
-from wsproto.connection import ConnectionType
-from wsproto.events import AcceptConnection
-from wsproto.events import Request as WsRequest
-from wsproto.handshake import H11Handshake
-from wsproto.utilities import RemoteProtocolError
+try:
+    from wsproto.connection import ConnectionType
+    from wsproto.events import AcceptConnection
+    from wsproto.events import Request as WsRequest
+    from wsproto.handshake import H11Handshake
+    from wsproto.utilities import RemoteProtocolError
+except ImportError:
+    from ..extras import missing
+    raise missing("wsproto", "reactor.plugins.websocket") from None
 
-from .. import PeerTimeout, Protocol, ProtocolError
+from .. import Protocol, ProtocolError
+
+from .ws_wire import (
+    PHASE_CLOSED,
+    FAST_BINARY,
+    FAST_TEXT,
+    PHASE_HANDSHAKE,
+    NEED_MORE,
+    NEXT_FRAME,
+    PHASE_OPEN,
+    CLOSE_GOING_AWAY,
+    CLOSE_INVALID_DATA,
+    CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG,
+    HttpRequest,
+    HttpResponse,
+    MAX_REQUEST_HEAD,
+    RequestHook,
+    WebSocketState,
+    Deadline,
+    DEFLATE_TAIL,
+    Utf8Decoder,
+    VALID_CLOSE_CODES,
+    build_frame,
+    parse_head,
+    unmask,
+    utf8_check,
+    close_frame,
+    negotiate_deflate,
+)
 
 if TYPE_CHECKING:
     from ringbuf import BufferReader
@@ -62,338 +93,6 @@ if TYPE_CHECKING:
 __all__ = ["HttpRequest", "HttpResponse", "WebSocketProtocol", "WebSocketState"]
 
 log = logging.getLogger("reactor.websocket")
-
-MAX_REQUEST_HEAD = 16384        # bytes of HTTP request line + headers accepted before the upgrade
-_HANDSHAKE, _OPEN, _CLOSED = 0, 1, 2
-_FAST_TEXT, _FAST_BINARY = 0x81, 0x82   # FIN set, no RSV bits, text / binary opcode
-_TAIL = b"\x00\x00\xff\xff"             # the empty stored block RFC 7692 strips from each message
-_NEED, _NEXT = 0, 1                      # _step results: wait for bytes / made progress
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_DATA = 1007
-CLOSE_TOO_BIG = 1009
-
-# close codes a peer may send (RFC 6455 7.4, IANA registry); 1005, 1006 and 1015 are local-only
-_VALID_CLOSE = frozenset((1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)))
-_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
-
-
-@dataclass
-class HttpRequest:
-    """The HTTP request that opened a connection (upgrade or not), as given to `on_request`."""
-
-    method: str
-    target: str
-    headers: list[tuple[str, str]]          # (lower-case name, value)
-    subprotocols: list[str] = field(default_factory=list)
-
-    @property
-    def path(self) -> str:
-        """The target without its query string."""
-        return self.target.split("?", 1)[0]
-
-    def header(self, name: str, default: str | None = None) -> str | None:
-        """The first value of header `name` (case-insensitive), or `default`."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return default
-
-    @property
-    def is_websocket(self) -> bool:
-        """True when the request asks for a WebSocket upgrade."""
-        return any(k == "upgrade" and v.strip().lower() == "websocket" for k, v in self.headers)
-
-
-@dataclass
-class HttpResponse:
-    """A plain HTTP response: `on_request` returns one to reject an upgrade or answer a plain
-    request.  The connection is closed once it is sent."""
-
-    status: int
-    body: bytes | str = b""
-    headers: Sequence[tuple[str, str]] = ()
-    content_type: str = "text/plain; charset=utf-8"
-
-    def to_bytes(self) -> bytes:
-        """The response on the wire (HTTP/1.1, Content-Length, Connection: close)."""
-        body = self.body.encode("utf-8") if isinstance(self.body, str) else bytes(self.body)
-        try:
-            reason = HTTPStatus(self.status).phrase
-        except ValueError:
-            reason = "Unknown"
-        lines = [f"HTTP/1.1 {self.status} {reason}"]
-        names = {name.lower() for name, _ in self.headers}
-        if "content-type" not in names and body:
-            lines.append(f"Content-Type: {self.content_type}")
-        lines.extend(f"{name}: {value}" for name, value in self.headers)
-        lines.append(f"Content-Length: {len(body)}")
-        lines.append("Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-RequestHook = Callable[["Connection", HttpRequest], None | int | HttpResponse]
-
-
-class _Deflate:
-    """permessage-deflate parameters agreed for one connection, and its zlib streams.
-
-    in_*: what the client sends (we inflate), out_*: what we send (we deflate).  A stream is
-    created on first use and dropped after each message when its side has no context takeover.
-    """
-
-    __slots__ = ("compressor", "in_bits", "in_reset", "inflater", "out_bits", "out_reset", "response")
-
-    def __init__(self, response: str, in_bits: int, in_reset: bool, out_bits: int, out_reset: bool) -> None:
-        self.response = response        # the Sec-WebSocket-Extensions value we answered
-        self.in_bits = in_bits
-        self.in_reset = in_reset
-        self.out_bits = out_bits
-        self.out_reset = out_reset
-        self.inflater: Any = None
-        self.compressor: Any = None
-
-    def compress(self, payload: Any) -> memoryview:
-        """One message's compressed payload (sync-flushed, without the trailing empty block)."""
-        comp = self.compressor
-        if comp is None:
-            comp = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -self.out_bits)
-        out = comp.compress(payload) + comp.flush(zlib.Z_SYNC_FLUSH)
-        self.compressor = None if self.out_reset else comp
-        return memoryview(out)[:-4]
-
-
-_WINDOW_BITS = {str(bits): bits for bits in range(8, 16)}    # exactly "8".."15" (RFC 7692 7.1.2)
-
-
-def _deflate_offer(offer: str) -> dict[str, Any] | None:
-    """The parameters of one permessage-deflate offer, or None when this offer must be
-    declined (another extension, an unknown or repeated parameter, a bad value)."""
-    name, *params = (part.strip() for part in offer.split(";"))
-    if name != "permessage-deflate":
-        return None
-    out: dict[str, Any] = {}
-    for param in params:
-        key, eq, value = (s.strip() for s in param.partition("="))
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]                   # a quoted-string value (RFC 7692 7.1)
-        if key in out:
-            return None
-        if key in ("server_no_context_takeover", "client_no_context_takeover"):
-            if eq:
-                return None
-            out[key] = True
-        elif key == "server_max_window_bits":
-            if value not in _WINDOW_BITS:
-                return None
-            out[key] = _WINDOW_BITS[value]
-        elif key == "client_max_window_bits":
-            if not eq:
-                out[key] = True                   # "I can limit my window if you ask"
-            elif value in _WINDOW_BITS:
-                out[key] = _WINDOW_BITS[value]
-            else:
-                return None
-        else:
-            return None
-    return out
-
-
-def negotiate_deflate(offers: Iterable[str]) -> _Deflate | None:
-    """Accept the first acceptable permessage-deflate offer (RFC 7692 5, 7.1), or None.
-
-    The server honours every parameter the client asks for: no context takeover on either
-    side, and window sizes (a server window of 8 bits cannot be produced by zlib, so such an
-    offer is declined, as the RFC allows).  The client's window is not restricted beyond
-    what the client itself proposed.
-    """
-    for offer in offers:
-        params = _deflate_offer(offer)
-        if params is None:
-            continue
-        server_bits = params.get("server_max_window_bits")
-        if server_bits == 8:
-            continue
-        client_bits = params.get("client_max_window_bits")
-        response = ["permessage-deflate"]
-        if params.get("server_no_context_takeover"):
-            response.append("server_no_context_takeover")
-        if params.get("client_no_context_takeover"):
-            response.append("client_no_context_takeover")
-        if server_bits is not None:
-            response.append(f"server_max_window_bits={server_bits}")
-        if type(client_bits) is int:
-            response.append(f"client_max_window_bits={client_bits}")
-        return _Deflate("; ".join(response),
-                        in_bits=client_bits if type(client_bits) is int else 15,
-                        in_reset=bool(params.get("client_no_context_takeover")),
-                        out_bits=server_bits or 15,
-                        out_reset=bool(params.get("server_no_context_takeover")))
-    return None
-
-
-class _Deadline:
-    """The handshake deadline of one connection.  Holds the connection only until cancelled,
-    so a cancelled timer waiting in the loop's heap keeps nothing alive."""
-
-    __slots__ = ("conn", "timer")
-
-    def __init__(self, conn: Connection, delay: float) -> None:
-        self.conn: Connection | None = conn
-        self.timer = conn.loop.run_after(delay, self._expire, delay)
-
-    def cancel(self) -> None:
-        self.conn = None
-        self.timer.cancel()
-
-    def _expire(self, delay: float) -> None:
-        conn, self.conn = self.conn, None
-        if conn is None or not conn.connected:
-            return
-        st = conn.protocol_state
-        if st is None or st.phase != _HANDSHAKE:
-            return
-        message = f"websocket upgrade not finished within {delay:g} s"
-        log.info("closing %r: %s", conn, message)
-        conn.close(PeerTimeout(message, reason="handshake_timeout"))
-
-
-class WebSocketState:
-    """Per-connection WebSocket state, kept in `conn.protocol_state`.
-
-    Public, read-only for handlers: `open` (upgrade done, not closing), `request` (the upgrade
-    HttpRequest), `subprotocol` (the one chosen, or None), `compressed` (permessage-deflate
-    agreed) and `extensions` (the Sec-WebSocket-Extensions answer, or None).
-    """
-
-    __slots__ = (
-        "closing",
-        "deadline",
-        "deflate",
-        "early",
-        "fin",
-        "frames",
-        "in_size",
-        "left",
-        "mask",
-        "msg",
-        "msg_deflate",
-        "msg_op",
-        "phase",
-        "request",
-        "scanned",
-        "subprotocol",
-        "utf8",
-    )
-
-    def __init__(self) -> None:
-        self.phase = _HANDSHAKE
-        self.request: HttpRequest | None = None
-        self.subprotocol: str | None = None
-        self.deflate: _Deflate | None = None      # permessage-deflate, when agreed
-        self.deadline: _Deadline | None = None    # handshake deadline, until the upgrade
-        self.scanned = 0                          # head bytes already searched for its end
-        self.closing: tuple[int | None, str, bool] | None = None  # (code, reason, is_error)
-        self.early: list[bytes] | None = None     # frames sent before the upgrade completed
-        # the data frame being received (streaming parser)
-        self.left = 0                             # its payload bytes not received yet
-        self.mask = b""                           # its mask, rotated to the next payload byte
-        self.fin = False
-        # the message being received, across its frames
-        self.msg_op = 0                           # 0: none; 1 text, 2 binary
-        self.msg: bytearray | None = None         # its (inflated) bytes so far
-        self.msg_deflate = False                  # compressed (RSV1 on its first frame)
-        self.frames = 0                           # its frames so far
-        self.in_size = 0                          # its payload bytes on the wire (compressed)
-        self.utf8: Any = None                     # incremental UTF-8 check for a text message
-
-    @property
-    def open(self) -> bool:
-        return self.phase == _OPEN and self.closing is None
-
-    @property
-    def compressed(self) -> bool:
-        return self.deflate is not None
-
-    @property
-    def extensions(self) -> str | None:
-        return self.deflate.response if self.deflate is not None else None
-
-    def end_message(self) -> None:
-        self.msg_op = 0
-        self.msg = None
-        self.utf8 = None
-        self.frames = 0
-        self.in_size = 0
-
-
-def _frame(opcode_byte: int, payload: Any) -> bytes:
-    """One unmasked server frame with the given first byte (FIN + opcode)."""
-    n = payload.nbytes if type(payload) is memoryview else len(payload)
-    if n < 126:
-        head = bytes((opcode_byte, n))
-    elif n < 65536:
-        head = bytes((opcode_byte, 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((opcode_byte, 127)) + n.to_bytes(8, "big")
-    return b"".join((head, payload))
-
-
-def close_frame(code: int | None = 1000, reason: str = "") -> bytes:
-    """A server close frame; code None sends an empty payload (no status)."""
-    if code is None:
-        return b"\x88\x00"
-    return _frame(0x88, code.to_bytes(2, "big") + reason.encode("utf-8")[:123])
-
-
-def _unmask_int(payload: memoryview, mask: memoryview) -> bytes:
-    """XOR `payload` with the repeating 4-byte client mask (one big-int XOR, no Python loop)."""
-    n = len(payload)
-    if n == 0:
-        return b""
-    key = (bytes(mask) * ((n + 3) >> 2))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
-
-
-_unmask: Callable[[Any, Any], bytes] = _unmask_int
-try:    # the `websockets` package ships a C unmasking routine, ~4x faster; same bytes out
-    from websockets.speedups import apply_mask as _unmask
-except ImportError:  # pragma: no cover - depends on what is installed
-    pass
-
-
-def _parse_head(head: bytes) -> HttpRequest | None:
-    """Request line and headers of an HTTP/1.x request head (without the blank line)."""
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-        return None
-    headers = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
-            return None
-        headers.append((name.decode("latin-1").lower(), value.strip().decode("latin-1")))
-    return HttpRequest(parts[0].decode("latin-1"), parts[1].decode("latin-1"), headers)
-
-
-def _utf8_check(st: WebSocketState, data: Any, final: bool = False) -> str | None:
-    """Feed a text message's bytes to its incremental decoder; the error, or None when the
-    bytes so far can still begin valid UTF-8."""
-    dec = st.utf8
-    try:
-        dec.decode(data, final)
-    except UnicodeDecodeError as exc:
-        return exc.reason
-    pending = dec.getstate()[0]
-    # CPython waits for a third byte before refusing ED A0..BF (a UTF-16 surrogate): refuse now
-    if len(pending) >= 2 and pending[0] == 0xED and pending[1] >= 0xA0:
-        return "a surrogate code point"
-    return None
-
 
 class WebSocketProtocol(Protocol):
     """Server side of RFC 6455 (optionally with RFC 7692 permessage-deflate), one whole message
@@ -438,12 +137,12 @@ class WebSocketProtocol(Protocol):
     def connection_made(self, conn: Connection) -> None:
         st = conn.protocol_state = WebSocketState()
         if self.handshake_timeout is not None:
-            st.deadline = _Deadline(conn, self.handshake_timeout)
+            st.deadline = Deadline(conn, self.handshake_timeout)
 
     def connection_lost(self, conn: Connection, error: BaseException | None) -> None:
         st = conn.protocol_state
         if st is not None:
-            st.phase = _CLOSED
+            st.phase = PHASE_CLOSED
             if st.deadline is not None:
                 st.deadline.cancel()
                 st.deadline = None
@@ -456,9 +155,9 @@ class WebSocketProtocol(Protocol):
         say goodbye with a close frame, 1001 for a server stop, else 1000.  Before the upgrade
         completed nothing is sent (no request was answered yet, or it is being answered)."""
         st: WebSocketState | None = conn.protocol_state
-        if st is None or st.phase != _OPEN:
+        if st is None or st.phase != PHASE_OPEN:
             return
-        st.phase = _CLOSED
+        st.phase = PHASE_CLOSED
         st.end_message()
         if reason == "stop":
             frame = close_frame(CLOSE_GOING_AWAY, "server stopping")
@@ -473,8 +172,8 @@ class WebSocketProtocol(Protocol):
     def unpacket(self, conn: Connection, buffer: BufferReader) -> tuple[Any, Any] | None:
         """Return (None, str | bytes) for each whole message; None when more bytes are needed."""
         st: WebSocketState = conn.protocol_state
-        if st.phase != _OPEN:
-            if st.phase == _CLOSED:
+        if st.phase != PHASE_OPEN:
+            if st.phase == PHASE_CLOSED:
                 buffer.retrieve_all()
                 return None
             if not self._handshake(conn, st, buffer):
@@ -491,7 +190,7 @@ class WebSocketProtocol(Protocol):
                 view = buffer.peek_all()
                 b0 = view[0]
                 n = view[1]
-                if n & 0x80 and (b0 == _FAST_TEXT or b0 == _FAST_BINARY):
+                if n & 0x80 and (b0 == FAST_TEXT or b0 == FAST_BINARY):
                     n &= 0x7F
                     if n < 126:
                         start = 6
@@ -507,9 +206,9 @@ class WebSocketProtocol(Protocol):
                         start = 14 if 65536 <= n < 1 << 63 else 0
                     end = start + n
                     if start and n <= limit and end <= size:
-                        data = _unmask(view[start:end], view[start - 4:start])
+                        data = unmask(view[start:end], view[start - 4:start])
                         buffer.retrieve(end)
-                        if b0 == _FAST_BINARY:
+                        if b0 == FAST_BINARY:
                             return None, data
                         try:
                             return None, data.decode("utf-8")
@@ -519,36 +218,36 @@ class WebSocketProtocol(Protocol):
                             continue
                     del view
             result = self._step(conn, st, buffer)
-            if result is _NEED:
+            if result is NEED_MORE:
                 return None
-            if result is not _NEXT:
+            if result is not NEXT_FRAME:
                 return None, result
 
     def _fail(self, st: WebSocketState, code: int, reason: str) -> int:
         st.closing = (code, reason, True)
         st.end_message()
         st.left = 0
-        return _NEXT
+        return NEXT_FRAME
 
     def _step(self, conn: Connection, st: WebSocketState, buffer: BufferReader) -> Any:
         """Streaming parser: consume one frame header, one control frame or the payload bytes
-        at hand.  Returns _NEED (more bytes needed), _NEXT (progress; call again) or a whole
+        at hand.  Returns NEED_MORE (more bytes needed), NEXT_FRAME (progress; call again) or a whole
         message (str | bytes)."""
         if st.left:
             take = min(len(buffer), st.left)
             if not take:
-                return _NEED
-            chunk = _unmask(buffer.peek(take), st.mask)
+                return NEED_MORE
+            chunk = unmask(buffer.peek(take), st.mask)
             buffer.retrieve(take)
             st.left -= take
             if take & 3:
                 st.mask = st.mask[take & 3:] + st.mask[:take & 3]
             if not self._data(st, chunk):
-                return _NEXT
-            return self._frame_done(st) if not st.left else _NEXT
+                return NEXT_FRAME
+            return self._frame_done(st) if not st.left else NEXT_FRAME
         size = len(buffer)
         if size < 2:
-            return _NEED
+            return NEED_MORE
         view = buffer.peek(14)
         b0 = view[0]
         b1 = view[1]
@@ -557,14 +256,14 @@ class WebSocketProtocol(Protocol):
         hlen = 2
         if n == 126:
             if size < 4:
-                return _NEED
+                return NEED_MORE
             hlen = 4
             n = int.from_bytes(view[2:4], "big")
             if n < 126:
                 return self._fail(st, CLOSE_PROTOCOL_ERROR, "non-minimal payload length")
         elif n == 127:
             if size < 10:
-                return _NEED
+                return NEED_MORE
             hlen = 10
             n = int.from_bytes(view[2:10], "big")
             if n < 65536 or n >> 63:
@@ -582,15 +281,15 @@ class WebSocketProtocol(Protocol):
                 return self._fail(st, CLOSE_PROTOCOL_ERROR, "control frame payload over 125 bytes")
             end = hlen + 4 + n
             if size < end:
-                return _NEED                      # a control frame is taken whole (<= 131 bytes)
+                return NEED_MORE                      # a control frame is taken whole (<= 131 bytes)
             view = buffer.peek(end)
-            payload = _unmask(view[hlen + 4:end], view[hlen:hlen + 4])
+            payload = unmask(view[hlen + 4:end], view[hlen:hlen + 4])
             del view
             buffer.retrieve(end)
             self._control(conn, st, opcode, payload)
-            return _NEXT
+            return NEXT_FRAME
         if size < hlen + 4:
-            return _NEED                          # the mask has not arrived yet
+            return NEED_MORE                          # the mask has not arrived yet
         if opcode == 0:
             if not st.msg_op:
                 return self._fail(st, CLOSE_PROTOCOL_ERROR, "continuation frame without a message")
@@ -605,7 +304,7 @@ class WebSocketProtocol(Protocol):
             st.frames = 1
             st.in_size = 0
             st.msg_deflate = bool(b0 & 0x40)
-            st.utf8 = _Utf8Decoder() if opcode == 1 else None
+            st.utf8 = Utf8Decoder() if opcode == 1 else None
             if st.msg_deflate:
                 assert st.deflate is not None
                 if st.deflate.inflater is None:
@@ -627,7 +326,7 @@ class WebSocketProtocol(Protocol):
         buffer.retrieve(hlen + 4)
         st.fin = bool(b0 & 0x80)
         st.left = n
-        return _NEXT if n else self._frame_done(st)
+        return NEXT_FRAME if n else self._frame_done(st)
 
     def _data(self, st: WebSocketState, chunk: Any) -> bool:
         """Payload bytes of the message under way: inflate (bounded), check UTF-8, keep."""
@@ -645,7 +344,7 @@ class WebSocketProtocol(Protocol):
                 self._fail(st, CLOSE_TOO_BIG, f"message of over {self.max_message_size} bytes")
                 return False
         if st.utf8 is not None and chunk:
-            error = _utf8_check(st, chunk)
+            error = utf8_check(st, chunk)
             if error is not None:
                 self._fail(st, CLOSE_INVALID_DATA, f"invalid UTF-8 in a text message: {error}")
                 return False
@@ -655,23 +354,23 @@ class WebSocketProtocol(Protocol):
     def _frame_done(self, st: WebSocketState) -> Any:
         """A data frame's payload is complete; the message, when that was its last frame."""
         if not st.fin:
-            return _NEXT
+            return NEXT_FRAME
         msg = st.msg
         assert msg is not None
         if st.msg_deflate:
             deflate = st.deflate
             assert deflate is not None
-            if not self._data(st, _TAIL):
-                return _NEXT
+            if not self._data(st, DEFLATE_TAIL):
+                return NEXT_FRAME
             inflater = deflate.inflater
             if inflater.eof:                      # the sender ended its stream (BFINAL)
-                if inflater.unused_data not in (b"", _TAIL):
+                if inflater.unused_data not in (b"", DEFLATE_TAIL):
                     return self._fail(st, CLOSE_INVALID_DATA, "data after the end of the compressed stream")
                 deflate.inflater = None
             elif deflate.in_reset:
                 deflate.inflater = None
         if st.utf8 is not None:
-            error = _utf8_check(st, b"", True)
+            error = utf8_check(st, b"", True)
             if error is not None:
                 return self._fail(st, CLOSE_INVALID_DATA, f"invalid UTF-8 in a text message: {error}")
             data: Any = msg.decode("utf-8")
@@ -683,13 +382,13 @@ class WebSocketProtocol(Protocol):
     def _control(self, conn: Connection, st: WebSocketState, opcode: int, payload: bytes) -> None:
         """Ping: pong.  Pong: nothing.  Close: echo the peer's code, then close."""
         if opcode == 9:
-            conn.send_raw(_frame(0x8A, payload))
+            conn.send_raw(build_frame(0x8A, payload))
         elif opcode == 8:
             if not payload:
                 st.closing = (None, "", False)
                 return
             code = int.from_bytes(payload[:2], "big")
-            if len(payload) < 2 or code not in _VALID_CLOSE:
+            if len(payload) < 2 or code not in VALID_CLOSE_CODES:
                 self._fail(st, CLOSE_PROTOCOL_ERROR, "invalid close frame")
                 return
             try:
@@ -703,7 +402,7 @@ class WebSocketProtocol(Protocol):
         """Send the close frame decided on, then close (or fail) the connection."""
         assert st.closing is not None
         code, reason, is_error = st.closing
-        st.phase = _CLOSED
+        st.phase = PHASE_CLOSED
         st.end_message()
         buffer.retrieve_all()
         try:
@@ -730,7 +429,7 @@ class WebSocketProtocol(Protocol):
         end = start + found
         head = bytes(window[:end + 4])
         del window
-        request = _parse_head(head[:end])
+        request = parse_head(head[:end])
         if request is None:
             self._respond(conn, st, buffer, HttpResponse(400, "Bad Request"))
             raise ProtocolError("malformed HTTP request")
@@ -779,7 +478,7 @@ class WebSocketProtocol(Protocol):
         conn.send_raw(response + b"".join(early) if early else response)
         return True
 
-    def _upgraded(self, st: WebSocketState, phase: int = _OPEN) -> None:
+    def _upgraded(self, st: WebSocketState, phase: int = PHASE_OPEN) -> None:
         st.phase = phase
         if st.deadline is not None:
             st.deadline.cancel()
@@ -790,7 +489,7 @@ class WebSocketProtocol(Protocol):
         """Send a plain HTTP response (an int is a bare status) and stop reading the stream."""
         if isinstance(response, int):
             response = HttpResponse(response)
-        self._upgraded(st, _CLOSED)
+        self._upgraded(st, PHASE_CLOSED)
         buffer.retrieve_all()
         conn.send_raw(response.to_bytes())
 
@@ -806,16 +505,16 @@ class WebSocketProtocol(Protocol):
         close frame nothing more is sent."""
         st: WebSocketState | None = conn.protocol_state
         text = type(data) is str
-        if st is None or st.phase == _CLOSED or st.closing is not None:
+        if st is None or st.phase == PHASE_CLOSED or st.closing is not None:
             log.debug("dropping a message sent on a closing WebSocket %r", conn)
             return b""
         deflate = st.deflate
         if deflate is not None:
             payload = deflate.compress(data.encode("utf-8") if text else data)
-            frame = _frame(0xC1 if text else 0xC2, payload)
+            frame = build_frame(0xC1 if text else 0xC2, payload)
         else:
-            frame = _frame(0x81, data.encode("utf-8")) if text else _frame(0x82, data)
-        if st.phase == _HANDSHAKE:
+            frame = build_frame(0x81, data.encode("utf-8")) if text else build_frame(0x82, data)
+        if st.phase == PHASE_HANDSHAKE:
             if st.early is None:
                 st.early = []
             st.early.append(frame)
