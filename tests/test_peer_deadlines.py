@@ -35,6 +35,28 @@ def _pump(sock: socket.socket, obj: ssl.SSLObject, incoming: ssl.MemoryBIO, outg
     sock.sendall(outgoing.read())
 
 
+def trickled_until_closed(handler: Recorder, conn: Connection, sock: socket.socket, pieces: Any,
+                          every: float) -> BaseException | None:
+    """Send `pieces` one by one, `every` seconds apart, until the server closes `conn`; its error."""
+    stop = threading.Event()
+
+    def trickle() -> None:
+        for piece in pieces:
+            if stop.wait(every):
+                return
+            try:
+                sock.send(piece)
+            except OSError:
+                return
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        return handler.wait_closed(conn)
+    finally:
+        stop.set()
+        t.join(TIMEOUT)
+
+
 def test_tls_request_and_close_notify_in_one_flight_get_the_reply_then_close_notify(
         caplog: pytest.LogCaptureFixture) -> None:
     """`openssl s_client` at end of input: the last request and close_notify arrive together;
@@ -110,25 +132,11 @@ def test_a_frame_trickled_byte_by_byte_is_closed_by_frame_timeout() -> None:
     """A header announcing a big frame, then a byte at a time: idle_timeout never fires (the
     peer is never idle), the frame deadline does."""
     handler = EchoRecorder()
-    stop = threading.Event()
     with serve(handler, protocol=LengthFieldProtocol(), frame_timeout=0.3, idle_timeout=5) as srv:
         with connect(srv.address) as sock:
             (conn,) = handler.wait_connected(1)
             sock.sendall(((8 << 20) - 8).to_bytes(4, "big") + b"x")   # 8 MiB - 4 announced
-
-            def trickle() -> None:
-                while not stop.wait(0.05):
-                    try:
-                        sock.send(b"x")
-                    except OSError:
-                        return
-            t = threading.Thread(target=trickle, daemon=True)
-            t.start()
-            try:
-                error = handler.wait_closed(conn)
-            finally:
-                stop.set()
-                t.join(TIMEOUT)
+            error = trickled_until_closed(handler, conn, sock, iter(lambda: b"x", None), 0.05)
     assert isinstance(error, PeerTimeout) and error.reason == "frame_timeout"
 
 
@@ -216,26 +224,10 @@ def test_a_tls_client_hello_trickled_a_byte_at_a_time_is_closed_by_its_deadline(
     from accept, so it does."""
     handler = Recorder()
     hello = bytearray(b"\x16\x03\x01\x02\x00" + b"\x01" * 512)   # a record header announcing 512 B
-    stop = threading.Event()
     with serve(handler, ssl=server_context(), handshake_timeout=0.3, idle_timeout=5) as srv:
         with connect(srv.address) as sock:
             (conn,) = handler.wait_connected(1)
-
-            def trickle() -> None:
-                for byte in hello:
-                    if stop.wait(0.02):
-                        return
-                    try:
-                        sock.send(bytes([byte]))
-                    except OSError:
-                        return
-            t = threading.Thread(target=trickle, daemon=True)
-            t.start()
-            try:
-                error = handler.wait_closed(conn)
-            finally:
-                stop.set()
-                t.join(TIMEOUT)
+            error = trickled_until_closed(handler, conn, sock, (bytes([b]) for b in hello), 0.02)
     assert isinstance(error, PeerTimeout) and error.reason == "handshake_timeout"
 
 
