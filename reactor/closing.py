@@ -16,7 +16,8 @@ Rules (each written where it is carried out below):
   receive queue: the drain is what makes "flushed" mean "delivered" (nginx's lingering close).
 - abort(): a reset or an output error: no flush, no goodbye, no drain.
 - A peer FIN (peer_eof) stops reading; `Handler.on_eof` returning True keeps the connection
-  open for sending, otherwise it closes as close() would, after its queued output.
+  open for sending, otherwise it closes as close() would, after its queued output - and after
+  its pending deferred replies (deferred.py); any other close cancels those.
 - stop: every connection closes with reason "stop"; queued output is flushed for at most the
   stop timeout (STOP_LIMIT for timeout=None, so a reader that keeps trickling cannot hold
   stop() forever), a flush making no progress for LINGER seconds is dropped before that.
@@ -88,7 +89,10 @@ class Closer:
                 self.fail(conn, exc)
                 return
         if not keep:
-            self.close(conn, None, "peer")
+            if conn._held is not None:
+                conn._held.close_when_done()      # replies still coming: they go out first
+            else:
+                self.close(conn, None, "peer")
 
     def close(self, conn: Connection, error: BaseException | None, reason: str) -> None:
         """Graceful close: stop reading, say goodbye (protocol, TLS), flush, then finish."""
@@ -163,6 +167,9 @@ class Closer:
         loop.conns.pop(fd, None)
         self.lingering.discard(conn)
         conn._out = conn._in = conn._q = conn._parts = None
+        if conn._held is not None:
+            conn._held.cancel()                   # pending Futures: cancelled, results dropped
+            conn._held = None
         self.count(conn._reason)
         loop.server.admission.released()
         error = conn._error

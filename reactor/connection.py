@@ -1,9 +1,9 @@
 """Connection: one socket, owned as a plain fd by exactly one event loop.
 
 The fields with a leading underscore are the loop's bookkeeping, written only on the loop's
-thread by the loop modules (loop.py, reading.py, output.py): a connection is their shared
-record, the way a file descriptor table entry is the kernel's.  Users see the properties and
-methods below, which are safe from any thread where they say so.
+thread by the loop modules (loop.py, reading.py, output.py, closing.py, deferred.py): a
+connection is their shared record, the way a file descriptor table entry is the kernel's.
+Users see the properties and methods below, which are safe from any thread where they say so.
 
 States: OPEN -> CLOSING (close() or stop(): queued output still goes out, then FIN) -> CLOSED
 (callbacks ran; the fd is closed or lingering to drain what the peer still sends).  A reset or
@@ -34,13 +34,13 @@ class Connection:
 
     __slots__ = ("_fd", "_loop", "_state", "_q", "_parts", "_dirty", "_out", "_in", "_last",
                  "_peer", "_local", "_shut", "_paused", "_eof", "_error", "_reason", "_tls",
-                 "_deadline", "_posted", "_bye", "context", "protocol_state")
+                 "_deadline", "_posted", "_bye", "_held", "context", "protocol_state")
 
     def __init__(self, loop: EventLoop, fd: int, now: float) -> None:
         self._fd = fd
         self._loop = loop
         self._state = OPEN
-        self._q: list[Any] | None = None      # this turn's replies, waiting for the codec's framing
+        self._q: Any = None                   # this turn's replies (a list; deferred.Sink while held)
         self._parts: list[int] | None = None  # this turn's sealed output, as (kind, a, b) triples
         self._dirty = False                   # in the loop's list of connections to flush
         self._out: Any = None                 # RingBuffer of unsent output, only while there is some
@@ -49,7 +49,7 @@ class Connection:
         self._peer: Any = None
         self._local: Any = None
         self._shut = 0                        # 1: FIN requested, 2: FIN sent
-        self._paused = 0                      # bit 1: backpressure, bit 2: pause_reading()
+        self._paused = 0                      # bits: 1 backpressure, 2 pause_reading(), 4 replies pending
         self._eof = False                     # the peer sent FIN
         self._error: BaseException | None = None
         self._reason = ""
@@ -57,6 +57,7 @@ class Connection:
         self._deadline: float | None = None   # a phase that waits on the peer must end by then
         self._posted = 0                      # bytes sent from other threads, not yet queued
         self._bye: Any = None                 # (protocol goodbye reason, TLS close_notify) due
+        self._held: Any = None                # deferred.Chain while a Future reply is pending
         self.context: Any = None
         """Free for the user: per-connection state."""
         self.protocol_state: Any = None

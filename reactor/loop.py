@@ -34,6 +34,7 @@ from ._native import (KIND_CONN, KIND_LISTEN, KIND_WAKE, R_ACCEPT, R_ACCEPT_ERRO
 from .admission import ADDR_ENTRY, fd_table_size
 from .closing import Closer
 from .connection import CLOSED, OPEN, Connection
+from .deferred import Deferrals, is_deferred
 from .errors import OutputLimitExceeded
 from .output import Output
 from .poller import Poller
@@ -62,7 +63,7 @@ class EventLoop:
         self.server = server
         self.index = index
         opts = server.options
-        self.handler = server.handler
+        self.handler = server.callbacks
         self.protocol = server.protocol
         self.tls = opts.ssl is not None
         self.conns: dict[int, Connection] = {}
@@ -90,7 +91,9 @@ class EventLoop:
         plan = None if self.tls else self.protocol.native_plan()
         self._plan = plan
         packet = self.protocol.packet if plan is None or plan.reply == "packet" else None
-        self.out = Output(self, plan, packet, opts.write_high_water, opts.write_low_water)
+        self.deferrals = Deferrals(self, opts.max_pending_replies)
+        self.out = Output(self, plan, packet, opts.write_high_water, opts.write_low_water,
+                          self.deferrals)
         self.reader = Reader(self, plan, opts.view_threshold, opts.read_buffer_size,
                              getattr(self.protocol, "max_pending", 16 << 20))
         self.closer = Closer(self)
@@ -265,7 +268,7 @@ class EventLoop:
             if not packet or self._plan is not None:
                 raise TypeError("send() needs bytes-like data; encode str first or use a protocol "
                                 "that accepts str")
-        elif type(data) is not bytes:
+        elif type(data) is not bytes and not is_deferred(data):
             try:
                 data = memoryview(data).tobytes()
             except TypeError:

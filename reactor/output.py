@@ -23,12 +23,14 @@ The only code that knows output part kinds, the echo merge and computed replies.
 """
 from __future__ import annotations
 
+from inspect import iscoroutine
 from typing import TYPE_CHECKING, Any, Callable
 
 from ringbuf import RingBuffer
 
 from ._native import O_ARENA, O_BLOB, O_FRAME, O_PTR, ffi, lib
 from .connection import CLOSED
+from .deferred import Deferrals, is_deferred
 from .protocol import NativePlan
 
 if TYPE_CHECKING:
@@ -79,6 +81,10 @@ def bytes_like(data: Any, source: str) -> Any:
     try:
         view = memoryview(data)
     except TypeError:
+        if iscoroutine(data):
+            data.close()            # never awaited: closed here, no warning later
+            raise TypeError(f"{source} gave a coroutine: declare the handler method with "
+                            "`async def` and pygev runs it on its asyncio loop") from None
         raise TypeError(f"{source} gave {t.__name__}, not a bytes-like object "
                         "(bytes, bytearray, memoryview)") from None
     return view.tobytes()
@@ -88,8 +94,9 @@ class Output:
     """The output side of one event loop (loop thread only)."""
 
     def __init__(self, loop: EventLoop, plan: NativePlan | None, packet: Callable[..., Any] | None,
-                 high: int, low: int) -> None:
+                 high: int, low: int, deferrals: Deferrals) -> None:
         self._loop = loop
+        self._deferrals = deferrals
         self._dirty: list[Connection] = []
         self.dirty_append = self._dirty.append
         self._frame = _framer(plan)
@@ -126,9 +133,21 @@ class Output:
             conn._dirty = True
             self.dirty_append(conn)
 
+    def queue(self, conn: Connection) -> Any:
+        """Where this turn's replies of `conn` are appended (a list, or a chain's sink)."""
+        q = conn._q
+        if q is None:
+            q = conn._q = []
+            self.mark(conn)
+        return q
+
     def reply(self, conn: Connection, data: Any, source: str) -> None:
         """A reply that goes through the protocol: packet() when it has one, else the native
-        framing at seal time.  Not bytes-like: TypeError naming `source`."""
+        framing at seal time.  Not bytes-like: TypeError naming `source`.  A Future, or any
+        reply of a connection with one pending, is held in order (deferred.py)."""
+        if conn._held is not None or (type(data) is not bytes and is_deferred(data)):
+            self._deferrals.hold(conn, data)
+            return
         if self._packet is not None:
             data = self._packet(conn, data)
             if data is None:
@@ -144,6 +163,9 @@ class Output:
     def raw(self, conn: Connection, data: Any, source: str = "send_raw()") -> None:
         """Bytes as they are (no framing), in order with the replies; through TLS if any."""
         data = bytes_like(data, source)
+        if conn._held is not None:
+            conn._held.add_raw(data)
+            return
         if conn._q:
             self._seal(conn)
         tls = conn._tls
@@ -162,9 +184,12 @@ class Output:
         if conn._q:
             self._seal(conn)
 
-    def echo(self, conn: Connection, kind: int, a: int, b: int) -> None:
-        """Queue the arena range [a, a + b) (kind O_ARENA, or O_FRAME for C framing); ranges
-        that continue the previous one merge into it."""
+    def echo(self, conn: Connection, kind: int, a: int, b: int, message: Any) -> None:
+        """Queue the arena range [a, a + b) (kind O_ARENA, or O_FRAME for C framing) that
+        echoes `message`; ranges that continue the previous one merge into it."""
+        if conn._held is not None:
+            conn._held.add_reply(message)         # copied: the arena lives one turn
+            return
         if conn._q:
             self._seal(conn)
         parts = conn._parts
@@ -179,6 +204,8 @@ class Output:
     def _seal(self, conn: Connection) -> None:
         """Frame the pending replies into one part.  The list object stays (emptied): a reader
         looping over a run of messages keeps appending to it, in order after the part."""
+        if conn._held is not None:
+            return                  # conn._q is the chain's sink: nothing to frame yet
         q = conn._q
         assert q
         data = q[0] if self._plain and len(q) == 1 else self._frame(q)
@@ -217,7 +244,9 @@ class Output:
     def pending(self, conn: Connection) -> int:
         """Bytes queued for `conn` in this turn and in its output ring."""
         n = len(conn._out) if conn._out is not None else 0
-        if conn._q:
+        if conn._held is not None:
+            n += conn._held.pending_bytes
+        elif conn._q:
             extra = self._hdr_width + len(self._suffix)
             n += sum(len(x) + extra for x in conn._q)
         parts = conn._parts
@@ -250,7 +279,7 @@ class Output:
                 continue
             q = conn._q
             if q and conn._parts is None and conn._out is None and conn._tls is None \
-                    and conn._bye is None:
+                    and conn._bye is None and conn._held is None:
                 # the common case, inline: this turn's replies and nothing else
                 data = q[0] if plain and len(q) == 1 else frame(q)
                 n = len(data)
@@ -267,9 +296,10 @@ class Output:
                 q.clear()
             if conn._bye is not None:
                 loop.closer.goodbye(conn)
-            if conn._q:
-                self._seal(conn)
-            conn._q = None
+            if conn._held is None:
+                if conn._q:
+                    self._seal(conn)
+                conn._q = None
             parts = conn._parts
             conn._parts = None
             if parts is not None:

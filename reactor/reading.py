@@ -28,6 +28,7 @@ from ._native import (F_PYREAD, FRAME_TOO_LONG, O_ARENA, O_FRAME, R_DATA, R_EOF,
                       R_FRAME_ERROR, R_LINES, R_PARTIAL, R_READABLE, R_WRITABLE, ffi, lib)
 from .arena import RingRun
 from .connection import OPEN
+from .deferred import GATE
 from .errors import ProtocolError
 from .protocol import NativePlan
 
@@ -152,7 +153,7 @@ class Reader:
                         else:
                             parts += (echo_kind, a, b)
                     else:
-                        out.echo(conn, echo_kind, a - pre, b + extra)
+                        out.echo(conn, echo_kind, a - pre, b + extra, msg)
                 elif type(res) is bytes and native_reply:
                     q = conn._q
                     if q is None:
@@ -164,6 +165,8 @@ class Reader:
                         q.append(res)
                 else:
                     out.reply(conn, res, self._source)
+                    if conn._paused & GATE:   # too many replies pending: the rest of its
+                        conn = None           # rows wait (see event(): _held_row)
             except Exception as exc:
                 loop.closer.fail(conn, exc)
 
@@ -172,31 +175,37 @@ class Reader:
         beats a row per frame; each line goes to on_message as bytes."""
         if conn._state:
             return
-        chunk = self._loop.arena.mv[a:a + b].tobytes()
-        lines = chunk.split(self._delim)
-        lines.pop()                         # the run ends with a delimiter
-        if self._strip_cr and b"\r" in chunk:
-            lines = [x[:-1] if x[-1:] == b"\r" else x for x in lines]
+        lines = self._split_lines(self._loop.arena.mv[a:a + b].tobytes())
         out = self._loop.out
-        q = conn._q
-        if q is None:
-            q = conn._q = []
-            out.mark(conn)
-        append = q.append                   # the list lives for the turn (see output.py)
+        append = out.queue(conn).append     # the list lives for the turn (see output.py)
         on_message = self._on_message
         native_reply = self._native_reply
-        for msg in lines:
+        it = iter(lines)
+        for msg in it:
             try:
                 res = on_message(conn, None, msg)
                 if type(res) is bytes and native_reply:
                     append(res)
                 elif res is not None:
                     out.reply(conn, res, self._source)
+                    append = out.queue(conn).append    # a Future opens a chain (deferred.py)
+                    if conn._paused & GATE:
+                        for rest in it:
+                            conn._held.wait(None, rest)
+                        return
             except Exception as exc:
                 self._loop.closer.fail(conn, exc)
                 return
             if conn._state:
                 return
+
+    def _split_lines(self, chunk: bytes) -> list[bytes]:
+        """A PG_R_LINES run as its lines (each ends with the delimiter; a trailing CR goes)."""
+        lines = chunk.split(self._delim)
+        lines.pop()                         # the run ends with a delimiter
+        if self._strip_cr and b"\r" in chunk:
+            lines = [x[:-1] if x[-1:] == b"\r" else x for x in lines]
+        return lines
 
     def _dispatch_generic(self, rows: list[int]) -> None:
         """Protocols with their own unpacket (and TLS, which decrypts first)."""
@@ -222,7 +231,13 @@ class Reader:
         """Accepts, leftovers, writability, EOF, errors."""
         loop = self._loop
         if conn is None:
-            loop.orphan_row(fd, a, b, code)
+            conn = loop.conns.get(fd)
+            if conn is None:
+                loop.orphan_row(fd, a, b, code)
+            elif code == self._message_row or code == R_LINES:
+                self._held_row(conn, a, b, code)
+            else:
+                self.event(fd, a, b, code, conn)
         elif code == R_PARTIAL:
             if conn._state == OPEN:
                 self._stash(conn, loop.arena.mv[a:a + b])
@@ -239,6 +254,36 @@ class Reader:
             loop.closer.abort_errno(conn, a)
         elif code == R_FRAME_ERROR:
             loop.closer.bad_input(conn, self._frame_error_text(a, b))
+
+    def _held_row(self, conn: Connection, a: int, b: int, code: int) -> None:
+        """Messages of a connection gated in this turn (deferred.py): they wait, as bytes."""
+        if conn._state != OPEN:
+            return
+        chunk = self._loop.arena.mv[a:a + b].tobytes()
+        for msg in self._split_lines(chunk) if code == R_LINES else (chunk,):
+            if conn._paused & GATE:
+                conn._held.wait(None, msg)
+            else:
+                self.deliver(conn, None, msg)
+
+    def deliver(self, conn: Connection, ctx: Any, msg: Any) -> None:
+        """One message to on_message, its reply through the protocol (the slow path)."""
+        try:
+            res = self._on_message(conn, ctx, msg)
+            if res is not None:
+                self._loop.out.reply(conn, res, self._source)
+        except Exception as exc:
+            self._loop.closer.fail(conn, exc)
+
+    def resume(self, conn: Connection) -> None:
+        """The gate opened: parse what waits in the input ring (deferred.py)."""
+        ring = conn._in
+        if ring is None or not len(ring) or conn._state != OPEN:
+            return
+        if self._split:
+            self._split_ring(conn)
+        else:
+            self._unpack_ring(conn)
 
     def _frame_error_text(self, reason: int, length: int) -> str:
         plan = self._protocol.native_plan()
@@ -294,7 +339,7 @@ class Reader:
         rows_mv = loop.rows_mv
         thr = self._view_min
         out = loop.out
-        while conn._state == OPEN:
+        while conn._state == OPEN and not conn._paused & GATE:
             size = len(ring)
             if size == 0:
                 break
@@ -323,6 +368,10 @@ class Reader:
                     loop.closer.fail(conn, exc)
                     stop = True
                     break
+                if conn._paused & GATE:       # the rest of the split waits (deferred.py)
+                    stop = True
+                    self._wait_rows(conn, view, it)
+                    break
             del msg, view
             kept = run.escaped()
             if consumed > 0 and conn._in is ring:
@@ -334,6 +383,14 @@ class Reader:
                 break
         if conn._state == OPEN and ring is not None and not len(ring):
             self._ring_drained(conn)
+
+    def _wait_rows(self, conn: Connection, view: Any, it: Any) -> None:
+        chain = conn._held
+        for _fd, a, b, code in zip(it, it, it, it):
+            if code == R_FRAME_ERROR:
+                self._loop.closer.bad_input(conn, self._frame_error_text(a, b))
+                return
+            chain.wait(None, view[a:a + b].tobytes())
 
     def _relocate(self, conn: Connection) -> None:
         """A view of the ring outlived its call: leave the ring to it, go on in a fresh one."""
@@ -402,7 +459,7 @@ class Reader:
         on_message = self._on_message
         loop = self._loop
         out = loop.out
-        while conn._state == OPEN:
+        while conn._state == OPEN and not conn._paused & GATE:
             before = len(buf)
             try:
                 msg = unpacket(conn, buf)

@@ -3,12 +3,15 @@ timers, stats.  Accepting is admission.py's; pre-forked workers are workers.py's
 each worker's own Server from this one's options (`worker_copy`)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from ._native import F_NODELAY
 from .admission import Admission, format_address
+from .coroutines import AsyncRunner, CoroutineHandler, coroutine_callbacks
 from .handler import Handler
 from .loop import EventLoop
 from .options import OPTION_NAMES, LoadBalance, Network, ServerOptions
@@ -51,6 +54,12 @@ class Server:
     handshake_timeout=10.0     TLS handshakes must finish within this (None: no limit)
     ssl=None                   a server-side ssl.SSLContext to serve TLS
     slow_callback=0.1          warn when a turn or timer blocks the loop longer (None: never)
+    max_pending_replies=64     deferred replies (Futures, coroutines) a connection may have
+                               pending; at the cap its further messages wait and it is not read
+
+    on_message may return a concurrent.futures / asyncio Future: its result is the reply, in
+    order with the connection's other replies.  `async def` callbacks run on an asyncio loop:
+    the one running `async with Server(...)`, else one pygev runs in a thread of its own.
     """
 
     def __init__(self, handler: Handler, *, address: str = ":1833", network: Network = "tcp",
@@ -63,7 +72,8 @@ class Server:
                  write_high_water: int = 1 << 20, write_low_water: int | None = None,
                  write_limit: int | None = None, view_threshold: int | None = 4096,
                  frame_timeout: float = 30.0, handshake_timeout: float | None = 10.0,
-                 ssl: Any = None, slow_callback: float | None = 0.1) -> None:
+                 ssl: Any = None, slow_callback: float | None = 0.1,
+                 max_pending_replies: int = 64) -> None:
         if isinstance(handler, type):
             raise TypeError(f"handler must be an instance, not the class {handler.__name__} "
                             f"(write {handler.__name__}())")
@@ -89,7 +99,8 @@ class Server:
             read_buffer_size=read_buffer_size, write_high_water=write_high_water,
             write_low_water=write_low_water, write_limit=write_limit,
             view_threshold=view_threshold, frame_timeout=frame_timeout,
-            handshake_timeout=handshake_timeout, ssl=ssl, slow_callback=slow_callback)
+            handshake_timeout=handshake_timeout, ssl=ssl, slow_callback=slow_callback,
+            max_pending_replies=max_pending_replies)
         self._setup(handler, protocol if protocol is not None else DefaultProtocol(), options)
 
     @classmethod
@@ -101,6 +112,13 @@ class Server:
     def _setup(self, handler: Handler, protocol: Protocol, options: ServerOptions) -> None:
         self.options = options
         self.handler = handler
+        asynchronous = coroutine_callbacks(handler)          # decided once, here
+        self._runner = AsyncRunner() if asynchronous else None
+        self.callbacks: Any = (CoroutineHandler(handler, self._runner, asynchronous)
+                               if self._runner is not None else handler)
+        """What the loops call: the handler, or its adapter when some callbacks are async."""
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed_waiters: list[Callable[[], None]] = []
         self.protocol: Protocol = protocol
         self.network = options.network
         self.num_loops = options.num_loops
@@ -158,6 +176,17 @@ class Server:
         """Run fn(*args) every `interval` seconds on the first event loop until cancelled."""
         return self._loops[0].run_every(interval, fn, *args)
 
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """A thread pool for blocking work (made on first use, shut down at stop):
+        `return server.executor.submit(query, data)` from on_message is a deferred reply."""
+        with self._lock:
+            if self._executor is None:
+                if self._stop_requested and not self._serving:
+                    raise RuntimeError("this Server has stopped: its executor is shut down")
+                self._executor = ThreadPoolExecutor(thread_name_prefix="reactor-executor")
+            return self._executor
+
     def stats(self) -> dict[str, Any]:
         """This process's counters (what reactor.metrics exports), read without locks."""
         return collect(self._loops, self.connection_count)
@@ -188,7 +217,7 @@ class Server:
             for loop in self._loops:
                 loop.call_soon(loop.begin_stop, timeout)
         if not serving:
-            self._done.set()
+            self._set_done()
             return
         if any(loop.in_loop_thread() for loop in self._loops):
             return      # called from a callback: the loops finish after it returns
@@ -233,6 +262,42 @@ class Server:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
+    async def __aenter__(self) -> Server:
+        """Serve in background threads from inside an asyncio program; `async def` callbacks
+        run on this (the running) asyncio loop."""
+        if self._runner is not None:
+            self._runner.borrow(asyncio.get_running_loop())
+        await asyncio.to_thread(self.__enter__)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await asyncio.to_thread(self.stop)
+
+    async def wait_closed(self) -> None:
+        """Wait (without blocking the asyncio loop) until the server has stopped."""
+        loop = asyncio.get_running_loop()
+        closed = loop.create_future()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(_resolve, closed)
+
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._closed_waiters.append(wake)
+        await closed
+
+    def _set_done(self) -> None:
+        """The server has stopped (or will never serve): wake stop() and wait_closed()."""
+        self._done.set()
+        with self._lock:
+            waiters, self._closed_waiters = self._closed_waiters, []
+        for wake in waiters:
+            try:
+                wake()
+            except RuntimeError:        # that asyncio loop is closed
+                pass
+
     # ------------------------------------------------------------------------------------
     # serving
     # ------------------------------------------------------------------------------------
@@ -244,7 +309,7 @@ class Server:
             log.debug("server failed", exc_info=exc)
         finally:
             self._ready.set()
-            self._done.set()
+            self._set_done()
 
     def bind(self) -> Any:
         """Bind the listener now (idempotent); returns the bound address."""
@@ -259,10 +324,14 @@ class Server:
         with self._lock:
             if self._stop_requested:
                 self._ready.set()
-                self._done.set()
-                return False
-            self._serving = True
-            return True
+                stopped = True
+            else:
+                stopped = False
+                self._serving = True
+        if stopped:
+            self._set_done()
+            return False
+        return True
 
     def _publish_ready(self) -> None:
         """Start the metrics exporter (if asked) and let start()/`with` callers go on."""
@@ -288,6 +357,8 @@ class Server:
                 loop.start_housekeeping()
             for sock in admission.listeners:
                 self._loops[0].add_listener(sock.fileno(), admission.nodelay, F_NODELAY)
+            if self._runner is not None:
+                self._runner.start()
             self._publish_ready()
         except BaseException:
             for loop in opened:
@@ -341,9 +412,20 @@ class Server:
         self.admission.close()
         if self._exporter is not None:
             self._exporter.close()
+        if self._runner is not None:
+            self._runner.close()          # what the closed connections left, bounded
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             self._serving = False
-        self._done.set()
+        self._set_done()
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 __all__ = ["Server"]

@@ -1,0 +1,250 @@
+"""Coroutine handlers: `async def on_message` (and on_connect, on_close) on an asyncio loop.
+
+Rules:
+- Which callbacks are coroutine functions is decided once, when the Server is built
+  (`coroutine_callbacks`).  A handler with none is used as it is: the fast path pays nothing.
+- A coroutine handler is handed `bytes`, never a memoryview (views live one loop turn; a
+  coroutine outlives it).  On the pygev loop its call is a concurrent.futures.Future at once
+  (a deferred reply, kept in order by deferred.py); the coroutine object itself is made and run
+  on the asyncio loop, so one cancelled before it started is never made (no "never awaited").
+- The asyncio loop is the one running `async with Server(...)`, else one that pygev runs in its
+  own thread (uvloop's when uvloop is installed), started with the server, stopped after it.
+- Hand-over is batched: the calls of one pygev turn reach the asyncio loop through one
+  call_soon_threadsafe; results come back through the pygev loop's inbox (one wake-up a burst).
+- `on_message`'s return value is its reply; `on_connect` is a barrier (the connection's
+  messages wait for it); `on_close` runs detached.  At stop, what the closed connections left
+  was cancelled with them; detached on_close coroutines get CANCEL_WAIT seconds, then are
+  cancelled and awaited (bounded too).
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from concurrent.futures import Future as ConcurrentFuture
+from concurrent.futures import InvalidStateError
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
+
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger("reactor.coroutines")
+
+CANCEL_WAIT = 5.0            # seconds stop() waits for detached coroutines before cancelling them
+_ASYNC_OK = ("on_message", "on_connect", "on_close")
+
+
+def coroutine_callbacks(handler: Any) -> frozenset[str]:
+    """The handler's callbacks that are `async def` (TypeError for one that cannot be)."""
+    found = {name for name in _ASYNC_OK
+             if inspect.iscoroutinefunction(getattr(handler, name, None))}
+    for name in ("on_eof", "on_start", "on_stop"):
+        if inspect.iscoroutinefunction(getattr(handler, name, None)):
+            raise TypeError(f"handler.{name} must be a plain function (its answer is needed at "
+                            f"once); only {', '.join(_ASYNC_OK)} may be async def")
+    return frozenset(found)
+
+
+class AsyncRunner:
+    """Runs coroutines for one Server on an asyncio loop: borrowed, or its own thread's."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._own = False
+        self._loop_thread: int | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._batch: list[tuple[Callable[..., Any], tuple, ConcurrentFuture]] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task] = set()        # asyncio loop thread only
+
+    # ------------------------------------------------------------------------------------
+    # the asyncio loop
+    # ------------------------------------------------------------------------------------
+    def borrow(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run coroutines on `loop` (the one running `async with Server(...)`)."""
+        self.loop, self._own = loop, False
+        self._loop_thread = threading.get_ident()
+
+    def start(self) -> None:
+        """Start an asyncio loop in a thread of its own, unless one was borrowed."""
+        if self.loop is not None:
+            return
+        try:
+            import uvloop
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        except ImportError:
+            loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            self._loop_thread = threading.get_ident()
+            loop.call_soon(ready.set)
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self.loop, self._own = loop, True
+        self._thread = threading.Thread(target=run, name="reactor-asyncio", daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def close(self, wait: float = CANCEL_WAIT) -> None:
+        """Finish: let detached coroutines end (at most `wait` s), cancel and await the rest,
+        then stop the loop if it is our own.  Called once the pygev loops have stopped."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            loop.call_soon(self._cancel_all)     # stop() from a coroutine: cannot wait here
+            return
+        try:
+            done = asyncio.run_coroutine_threadsafe(self._drain(wait), loop)
+            done.result(wait + 2.0)
+        except Exception as exc:      # the loop stopped under us, or the drain overran
+            log.warning("coroutines still running after stop: %s", exc or type(exc).__name__)
+        if self._own:
+            loop.call_soon_threadsafe(loop.stop)
+            if self._thread is not None:
+                self._thread.join(wait)
+        self.loop = None
+
+    async def _drain(self, wait: float) -> None:
+        self._run_batch()
+        tasks = set(self._tasks)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=wait)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+
+    def _cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ------------------------------------------------------------------------------------
+    # calls (submit: any thread; the rest on the asyncio loop)
+    # ------------------------------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], args: tuple) -> ConcurrentFuture:
+        """fn(*args) - a coroutine function - run on the asyncio loop; its outcome as a Future.
+        Cancelling the Future cancels the task (or keeps the coroutine from being made)."""
+        future: ConcurrentFuture = ConcurrentFuture()
+        with self._lock:
+            self._batch.append((fn, args, future))
+            if self._scheduled:
+                return future
+            self._scheduled = True
+        loop = self.loop
+        try:
+            if loop is None:
+                raise RuntimeError("the server's asyncio loop is not running")
+            loop.call_soon_threadsafe(self._run_batch)
+        except RuntimeError as exc:          # closed: nothing will ever run these
+            with self._lock:
+                batch, self._batch = self._batch, []
+                self._scheduled = False
+            for _fn, _args, f in batch:
+                _settle(f, None, exc)
+        return future
+
+    def _run_batch(self) -> None:
+        with self._lock:
+            batch, self._batch = self._batch, []
+            self._scheduled = False
+        loop = self.loop
+        assert loop is not None
+        for fn, args, future in batch:
+            if future.cancelled():
+                continue                    # its connection is gone: never made, never awaited
+            try:
+                task = loop.create_task(fn(*args))
+            except BaseException as exc:     # noqa: BLE001 - handed to the connection
+                _settle(future, None, exc)
+                continue
+            self._tasks.add(task)
+            task.add_done_callback(partial(self._task_done, future))
+            future.add_done_callback(partial(self._future_done, task))
+
+    def _task_done(self, future: ConcurrentFuture, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if future.done():
+            return
+        if task.cancelled():
+            future.cancel()
+        else:
+            error = task.exception()
+            _settle(future, None if error is not None else task.result(), error)
+
+    def _future_done(self, task: asyncio.Task, future: ConcurrentFuture) -> None:
+        if future.cancelled() and not task.done():      # pygev gave up on it (any thread)
+            loop = self.loop
+            try:
+                if loop is not None:
+                    loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:
+                pass
+
+
+def _settle(future: ConcurrentFuture, result: Any, error: BaseException | None) -> None:
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:           # cancelled meanwhile by the pygev loop
+        pass
+
+
+def _log_failure(what: str, future: ConcurrentFuture) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("%s raised", what, exc_info=future.exception())
+
+
+def _nothing(*_args: Any) -> None:
+    return None
+
+
+class CoroutineHandler:
+    """The user's handler with its `async def` callbacks run by an AsyncRunner (the plain ones
+    are the user's own bound methods, called directly)."""
+
+    def __init__(self, handler: Any, runner: AsyncRunner, asynchronous: frozenset[str]) -> None:
+        self.user = handler
+        submit = runner.submit
+        name = type(handler).__qualname__
+        user_message = handler.on_message
+        user_connect = getattr(handler, "on_connect", _nothing)
+        user_close = getattr(handler, "on_close", _nothing)
+
+        def on_message(conn: Connection, ctx: Any, data: Any) -> Any:
+            if type(data) is memoryview:
+                data = data.tobytes()         # the coroutine outlives the turn
+            return submit(user_message, (conn, ctx, data))
+
+        def on_connect(conn: Connection) -> None:
+            conn.loop.deferrals.barrier(conn, submit(user_connect, (conn,)))
+
+        def on_close(conn: Connection, error: BaseException | None) -> None:
+            submit(user_close, (conn, error)).add_done_callback(
+                partial(_log_failure, f"{name}.on_close"))
+
+        self.on_message: Callable[..., Any] = (
+            on_message if "on_message" in asynchronous else user_message)
+        self.on_connect: Callable[..., Any] = (
+            on_connect if "on_connect" in asynchronous else user_connect)
+        self.on_close: Callable[..., Any] = on_close if "on_close" in asynchronous else user_close
+        if hasattr(handler, "on_eof"):
+            self.on_eof: Callable[..., Any] = handler.on_eof
+
+    def __repr__(self) -> str:
+        return f"<coroutines of {self.user!r}>"
+
+
+__all__ = ["CANCEL_WAIT", "AsyncRunner", "CoroutineHandler", "coroutine_callbacks"]

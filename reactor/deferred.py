@@ -1,0 +1,292 @@
+"""Replies that take time: a Future returned by on_message, kept in order with everything else.
+
+Rules (carried out here, and at the seams named):
+- A reply that is a `concurrent.futures.Future` or an `asyncio.Future` opens the connection's
+  chain (`conn._held`): the connection's output from then on, in the order it was handed over -
+  a Slot for each Future, an Output for every reply, `send()`, `send_raw()` or echo after the
+  first Slot.  Output queued before the chain opened is sealed into the turn's parts first
+  (output.py `seal_pending`), so it leaves before anything the chain holds.
+- While a chain is open, `conn._q` is the chain's Sink.  The reader's fast paths append a
+  computed reply to whatever `conn._q` is, so a held connection's replies land in the chain
+  with no check per message; output.py sends `reply()`, `raw()` and `echo()` of a held
+  connection here (`conn._held is not None`).  Echoed views are copied: they live one turn.
+- A Future's done callback (any thread) posts the outcome to the loop; `_release` then writes
+  the chain's head in order through the ordinary output path (packet(), framing, TLS), up to the
+  next unfinished Slot.  An empty chain is closed and `conn._q` is ordinary again.
+- An exception from a Future closes the connection as one raised by on_message does.
+- max_pending_replies: with that many unfinished Slots the chain is *gated*: the socket is not
+  read (`conn._paused` bit 4) and messages already read wait - in `waiting` (rows of the turn)
+  or in the input ring - to be handed to on_message, in order, as Slots finish.  So memory is
+  bounded by what had been read when the gate closed.  An `async def on_connect` is a barrier
+  Slot: no message is handed over before it finished.
+- A chain is cancelled when its connection finishes: each Future is cancelled (a coroutine's
+  task with it) and a result that arrives later is dropped.  A peer FIN with replies pending
+  waits for them (a half-closed peer still reads), then closes.
+"""
+from __future__ import annotations
+
+import logging
+from asyncio import isfuture
+from collections import deque
+from concurrent.futures import Future as ConcurrentFuture
+from typing import TYPE_CHECKING, Any
+
+from .connection import CLOSED, OPEN
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .loop import EventLoop
+
+log = logging.getLogger("reactor.deferred")
+
+GATE = 4                    # conn._paused bit: too many replies pending, the socket is not read
+_REPLY, _RAW = 0, 1
+
+
+def is_deferred(data: Any) -> bool:
+    """A reply that is not ready yet: a concurrent.futures or asyncio Future (or Task)."""
+    return isinstance(data, ConcurrentFuture) or isfuture(data)
+
+
+class Slot:
+    """One Future's place in a chain."""
+
+    __slots__ = ("future", "done", "result", "error", "barrier")
+
+    def __init__(self, future: Any, barrier: bool) -> None:
+        self.future = future
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.barrier = barrier
+
+
+class Sink:
+    """What `conn._q` is while a chain is open: the reader's `append(reply)` lands in the chain."""
+
+    __slots__ = ("append",)
+
+    def __init__(self, chain: Chain) -> None:
+        self.append = chain.add_reply
+
+
+class Chain:
+    """A connection's held output, its unfinished Futures and the messages waiting for them."""
+
+    __slots__ = ("conn", "entries", "unfinished", "barriers", "gated", "waiting", "sink",
+                 "close_after", "dead")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.entries: deque[Any] = deque()      # Slot | (kind, data), in hand-over order
+        self.unfinished = 0
+        self.barriers = 0
+        self.gated = False
+        self.waiting: deque[tuple[Any, Any]] = deque()   # (ctx, message) read, not handed over
+        self.sink = Sink(self)
+        self.close_after = False
+        self.dead = False
+
+    def add_reply(self, data: Any) -> None:
+        """A reply (through the protocol) behind what is held.  Views and bytearrays are copied:
+        the caller may reuse them, and arena memory lives one turn."""
+        if isinstance(data, (memoryview, bytearray)):
+            data = bytes(data)
+        self.entries.append((_REPLY, data))
+
+    def add_raw(self, data: bytes) -> None:
+        self.entries.append((_RAW, data))
+
+    def wait(self, ctx: Any, message: Any) -> None:
+        """A message read while gated: handed to on_message once the gate opens."""
+        self.waiting.append((ctx, message))
+
+    def close_when_done(self) -> None:
+        """The peer half-closed: close once the pending replies are out (closing.py)."""
+        self.close_after = True
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes held for sending (the part pending_write can count)."""
+        n = 0
+        for e in self.entries:
+            if type(e) is tuple and isinstance(e[1], (bytes, str)):
+                n += len(e[1])
+        return n
+
+    def cancel(self) -> None:
+        """The connection finished: cancel what is pending, drop what is held (loop thread)."""
+        self.dead = True
+        for e in self.entries:
+            if type(e) is Slot and not e.done:
+                _cancel(e.future)
+        self.entries.clear()
+        self.waiting.clear()
+
+
+def _cancel(future: Any) -> None:
+    if isinstance(future, ConcurrentFuture):
+        future.cancel()
+        return
+    try:
+        future.get_loop().call_soon_threadsafe(future.cancel)
+    except RuntimeError:       # its loop is closed: nothing runs it any more
+        pass
+
+
+class Deferrals:
+    """The deferred replies of one event loop (loop thread, except the done callbacks)."""
+
+    def __init__(self, loop: EventLoop, max_pending: int) -> None:
+        self._loop = loop
+        self._max = max_pending
+        self.deferred_count = 0       # Futures handed back by handlers, ever (metrics)
+
+    # ------------------------------------------------------------------------------------
+    # holding (output.py calls these for a Future, and for any output of a held connection)
+    # ------------------------------------------------------------------------------------
+    def hold(self, conn: Connection, data: Any) -> None:
+        """A reply of `conn`: a Future takes a Slot, anything else waits behind the chain."""
+        chain = conn._held
+        if is_deferred(data):
+            if chain is None:
+                chain = self._open(conn)
+            self._slot(chain, data, barrier=False)
+        elif chain is not None:
+            chain.add_reply(data)
+
+    def barrier(self, conn: Connection, future: Any) -> None:
+        """No message of `conn` is handed over before `future` finished (async on_connect)."""
+        chain = conn._held if conn._held is not None else self._open(conn)
+        self._slot(chain, future, barrier=True)
+
+    def _open(self, conn: Connection) -> Chain:
+        self._loop.out.seal_pending(conn)     # what came before the Future goes first
+        chain = conn._held = Chain(conn)
+        conn._q = chain.sink
+        return chain
+
+    def _slot(self, chain: Chain, future: Any, barrier: bool) -> None:
+        slot = Slot(future, barrier)
+        chain.entries.append(slot)
+        chain.unfinished += 1
+        self.deferred_count += 1
+        if barrier:
+            chain.barriers += 1
+        if (chain.unfinished >= self._max or chain.barriers) and not chain.gated:
+            self._gate(chain)
+        self._watch(chain, slot)
+
+    def _watch(self, chain: Chain, slot: Slot) -> None:
+        """Arrange for the outcome to reach this loop (one inbox entry per Future)."""
+        post = self._loop.call_soon
+        future = slot.future
+
+        def done(f: Any) -> None:           # any thread: the Future's, or its loop's
+            if f.cancelled():
+                post(self._settle, chain, slot, None, _cancelled_error(f))
+                return
+            error = f.exception()
+            post(self._settle, chain, slot, None if error is not None else f.result(), error)
+
+        if isinstance(future, ConcurrentFuture):
+            future.add_done_callback(done)
+            return
+        try:
+            future.get_loop().call_soon_threadsafe(future.add_done_callback, done)
+        except RuntimeError as exc:       # the Future's loop is closed: it can never finish
+            post(self._settle, chain, slot, None, exc)
+
+    def _gate(self, chain: Chain) -> None:
+        chain.gated = True
+        conn = chain.conn
+        conn._paused |= GATE
+        self._loop.update_interest(conn)
+
+    # ------------------------------------------------------------------------------------
+    # settling (loop thread)
+    # ------------------------------------------------------------------------------------
+    def _settle(self, chain: Chain, slot: Slot, result: Any, error: BaseException | None) -> None:
+        if chain.dead or slot.done:
+            return                  # the connection finished: nothing is sent to it
+        slot.done = True
+        slot.result, slot.error = result, error
+        chain.unfinished -= 1
+        if slot.barrier:
+            chain.barriers -= 1
+        self._advance(chain)
+
+    def _advance(self, chain: Chain) -> None:
+        """Write what is ready, then hand over the messages that waited while the gate was shut."""
+        conn = chain.conn
+        reader = self._loop.reader
+        while conn._state == OPEN and conn._held is chain:
+            self._release(chain)
+            if chain.gated and chain.unfinished < self._max and not chain.barriers:
+                chain.gated = False
+            if chain.gated or not chain.waiting:
+                break
+            while chain.waiting and not chain.gated and conn._state == OPEN:
+                ctx, message = chain.waiting.popleft()
+                reader.deliver(conn, ctx, message)
+        if conn._state == OPEN and conn._paused & GATE and not chain.gated:
+            conn._paused &= ~GATE
+            reader.resume(conn)               # leftovers in the input ring, then the socket
+            self._loop.update_interest(conn)
+        if chain.close_after and conn._held is None and conn._state == OPEN:
+            self._loop.closer.close(conn, None, "peer")
+
+    def _release(self, chain: Chain) -> None:
+        """Write the chain's head up to its first unfinished Slot; close it when empty."""
+        conn = chain.conn
+        out = self._loop.out
+        entries = chain.entries
+        conn._held = None                 # what follows goes through the ordinary output path
+        conn._q = None
+        source = "a deferred reply"
+        try:
+            while entries and conn._state == OPEN:
+                e = entries[0]
+                if type(e) is Slot:
+                    if not e.done:
+                        break
+                    entries.popleft()
+                    if e.error is not None:
+                        self._loop.closer.fail(conn, e.error)
+                        return
+                    result = e.result
+                    if e.barrier or result is None:
+                        continue
+                    if is_deferred(result):          # a Future resolving to a Future: wait again
+                        e.future, e.done = result, False
+                        entries.appendleft(e)
+                        chain.unfinished += 1
+                        self._watch(chain, e)
+                        break
+                    out.reply(conn, result, source)
+                else:
+                    entries.popleft()
+                    kind, data = e
+                    if kind == _REPLY:
+                        out.reply(conn, data, source)
+                    else:
+                        out.raw(conn, data)
+        except Exception as exc:        # a result that is not a reply (TypeError), packet() raising
+            self._loop.closer.fail(conn, exc)
+            return
+        finally:
+            if entries or chain.waiting:
+                if conn._state == CLOSED:
+                    chain.cancel()
+                else:
+                    out.seal_pending(conn)        # written before what the chain still holds
+                    conn._held = chain            # (a closing connection's is cancelled at finish)
+                    conn._q = chain.sink
+
+
+def _cancelled_error(future: Any) -> BaseException:
+    from concurrent.futures import CancelledError
+    return CancelledError(f"the deferred reply {future!r} was cancelled")
+
+
+__all__ = ["GATE", "Chain", "Deferrals", "is_deferred"]
