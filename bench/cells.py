@@ -258,8 +258,24 @@ def _request_cells() -> list[Cell]:
     return cells
 
 
+def _awaiting_cells() -> list[Cell]:
+    """The line GET service whose handler awaits a 1 ms asyncio lookup (examples/async_kv.py)."""
+    return [
+        RequestCell(
+            f"asyncget{conns}p{pipeline}",
+            "asyncget",
+            f"line GET awaiting a 1 ms asyncio store, {conns} connections, {pipeline} pipelined",
+            mode="get",
+            conns=conns,
+            pipeline=pipeline,
+        )
+        for conns, pipeline in ((50, 16), (1000, 4))
+    ]
+
+
 CELLS: list[Cell] = [
     *_request_cells(),
+    *_awaiting_cells(),
     EchoCell("raw64x1", "raw", "echo shortcut: raw 64 B, 1 connection", conns=1),
     EchoCell("raw64x50", "raw", "echo shortcut: raw 64 B, 50 connections"),
     EchoCell("raw64x1000", "raw", "echo shortcut: raw 64 B, 1000 connections", conns=1000),
@@ -282,8 +298,9 @@ CELLS: list[Cell] = [
 ]
 
 GROUPS = {
-    "request": [c.name for c in CELLS if isinstance(c, RequestCell)],
-    "get": [c.name for c in CELLS if isinstance(c, RequestCell) and c.mode == "get"],
+    "request": [c.name for c in CELLS if isinstance(c, RequestCell) and c.kind != "asyncget"],
+    "asyncget": [c.name for c in CELLS if isinstance(c, RequestCell) and c.kind == "asyncget"],
+    "get": [c.name for c in CELLS if isinstance(c, RequestCell) and c.kind == "get"],
     "rpc": [c.name for c in CELLS if isinstance(c, RequestCell) and c.mode == "rpc"],
     "echo": [c.name for c in CELLS if isinstance(c, EchoCell)],
     "raw": [c.name for c in CELLS if isinstance(c, EchoCell) and c.mode == "raw"],

@@ -82,6 +82,8 @@ SERVERS: list[ServerSpec] = [
     *(_peer(loop, "get", "Protocol", PEERS / "line_get_server.py") for loop in LOOPS),
     ServerSpec("pygev", "rpc", "pygev examples/rpc.py", _py(ROOT / "examples" / "rpc.py")),
     *(_peer(loop, "rpc", "Protocol", PEERS / "rpc_server.py") for loop in LOOPS),
+    ServerSpec("pygev", "asyncget", "pygev examples/async_kv.py", _py(ROOT / "examples" / "async_kv.py")),
+    *(_peer(loop, "asyncget", "Protocol + tasks", PEERS / "async_kv_server.py") for loop in LOOPS),
     ServerSpec("pygev", "raw", "pygev examples/echo.py", _py(ROOT / "examples" / "echo.py")),
     ServerSpec("pygev", "framed", "pygev examples/protocol.py", _py(ROOT / "examples" / "protocol.py")),
     ServerSpec(

@@ -40,7 +40,7 @@ class Connection:
         self._fd = fd
         self._loop = loop
         self._state = OPEN
-        self._q: Any = None                   # this turn's replies (a list; deferred.Sink while held)
+        self._q: Any = None                   # this turn's replies (a list; the deferred.Chain while held)
         self._parts: list[int] | None = None  # this turn's sealed output, as (kind, a, b) triples
         self._dirty = False                   # in the loop's list of connections to flush
         self._out: Any = None                 # RingBuffer of unsent output, only while there is some

@@ -9,8 +9,9 @@ Rules:
   on the asyncio loop, so one cancelled before it started is never made (no "never awaited").
 - The asyncio loop is the one running `async with Server(...)`, else one that pygev runs in its
   own thread (uvloop's when uvloop is installed), started with the server, stopped after it.
-- Hand-over is batched: the calls of one pygev turn reach the asyncio loop through one
-  call_soon_threadsafe; results come back through the pygev loop's inbox (one wake-up a burst).
+- Hand-over is batched both ways: the calls of one pygev turn reach the asyncio loop through
+  one call_soon_threadsafe; the outcomes of one asyncio iteration come back as one inbox entry
+  per pygev loop.  A call is a deferred.Promise (no lock, no condition), not a Future.
 - `on_message`'s return value is its reply; `on_connect` is a barrier (the connection's
   messages wait for it); `on_close` runs detached.  At stop, what the closed connections left
   was cancelled with them; detached on_close coroutines get CANCEL_WAIT seconds, then are
@@ -22,10 +23,11 @@ import asyncio
 import inspect
 import logging
 import threading
-from concurrent.futures import Future as ConcurrentFuture
-from concurrent.futures import InvalidStateError
+from concurrent.futures import CancelledError
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
+
+from .deferred import Promise
 
 
 if TYPE_CHECKING:
@@ -57,9 +59,11 @@ class AsyncRunner:
         self._loop_thread: int | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._batch: list[tuple[Callable[..., Any], tuple, ConcurrentFuture]] = []
+        self._batch: list[tuple[Callable[..., Any], tuple, Promise | None]] = []
         self._scheduled = False
-        self._tasks: set[asyncio.Task] = set()        # asyncio loop thread only
+        self._tasks: set[asyncio.Task] = set()        # asyncio loop thread only, like:
+        self._outcomes: list[tuple[Promise, Any, BaseException | None]] = []
+        self._posting = False
 
     # ------------------------------------------------------------------------------------
     # the asyncio loop
@@ -132,14 +136,14 @@ class AsyncRunner:
     # ------------------------------------------------------------------------------------
     # calls (submit: any thread; the rest on the asyncio loop)
     # ------------------------------------------------------------------------------------
-    def submit(self, fn: Callable[..., Any], args: tuple) -> ConcurrentFuture:
-        """fn(*args) - a coroutine function - run on the asyncio loop; its outcome as a Future.
-        Cancelling the Future cancels the task (or keeps the coroutine from being made)."""
-        future: ConcurrentFuture = ConcurrentFuture()
+    def submit(self, fn: Callable[..., Any], args: tuple, promise: Promise | None) -> None:
+        """Run fn(*args) - a coroutine function - on the asyncio loop; its outcome goes to
+        `promise` (None: only logged).  A promise cancelled before the batch runs is skipped,
+        so its coroutine is never made; cancelled later, its task is cancelled."""
         with self._lock:
-            self._batch.append((fn, args, future))
+            self._batch.append((fn, args, promise))
             if self._scheduled:
-                return future
+                return
             self._scheduled = True
         loop = self.loop
         try:
@@ -150,9 +154,8 @@ class AsyncRunner:
             with self._lock:
                 batch, self._batch = self._batch, []
                 self._scheduled = False
-            for _fn, _args, f in batch:
-                _settle(f, None, exc)
-        return future
+            self._outcomes.extend((p, None, exc) for _fn, _args, p in batch if p is not None)
+            self._post_outcomes()
 
     def _run_batch(self) -> None:
         with self._lock:
@@ -160,51 +163,67 @@ class AsyncRunner:
             self._scheduled = False
         loop = self.loop
         assert loop is not None
-        for fn, args, future in batch:
-            if future.cancelled():
+        for fn, args, promise in batch:
+            if promise is not None and promise.cancelled:
                 continue                    # its connection is gone: never made, never awaited
             try:
                 task = loop.create_task(fn(*args))
             except BaseException as exc:     # noqa: BLE001 - handed to the connection
-                _settle(future, None, exc)
+                self._outcome(promise, None, exc)
                 continue
             self._tasks.add(task)
-            task.add_done_callback(partial(self._task_done, future))
-            future.add_done_callback(partial(self._future_done, task))
+            task.add_done_callback(partial(self._task_done, promise))
+            if promise is not None:
+                promise.on_cancel = partial(self._cancel_task, task)
+                if promise.cancelled:       # cancelled while the task was being made
+                    task.cancel()
 
-    def _task_done(self, future: ConcurrentFuture, task: asyncio.Task) -> None:
+    def _cancel_task(self, task: asyncio.Task) -> None:
+        """Promise.cancel() from the pygev loop: cancel the task on its own loop."""
+        loop = self.loop
+        try:
+            if loop is not None:
+                loop.call_soon_threadsafe(task.cancel)
+        except RuntimeError:
+            pass
+
+    def _task_done(self, promise: Promise | None, task: asyncio.Task) -> None:
         self._tasks.discard(task)
-        if future.done():
-            return
+        if promise is not None:
+            promise.on_cancel = None        # it refers to the task: no cycle left behind
         if task.cancelled():
-            future.cancel()
-        else:
-            error = task.exception()
-            _settle(future, None if error is not None else task.result(), error)
+            if promise is not None and not promise.cancelled:
+                self._outcome(promise, None, CancelledError(f"{task!r} was cancelled"))
+            return
+        error = task.exception()
+        if promise is None:
+            if error is not None:
+                log.error("%s raised", task.get_coro(), exc_info=error)
+            return
+        if not promise.cancelled:
+            self._outcome(promise, None if error is not None else task.result(), error)
 
-    def _future_done(self, task: asyncio.Task, future: ConcurrentFuture) -> None:
-        if future.cancelled() and not task.done():      # pygev gave up on it (any thread)
-            loop = self.loop
-            try:
-                if loop is not None:
-                    loop.call_soon_threadsafe(task.cancel)
-            except RuntimeError:
-                pass
+    def _outcome(self, promise: Promise | None, result: Any, error: BaseException | None) -> None:
+        """Collect an outcome; this loop iteration's are posted together (`_post_outcomes`)."""
+        if promise is None:
+            if error is not None:
+                log.error("coroutine callback could not start", exc_info=error)
+            return
+        self._outcomes.append((promise, result, error))
+        if not self._posting:
+            self._posting = True
+            assert self.loop is not None
+            self.loop.call_soon(self._post_outcomes)
 
-
-def _settle(future: ConcurrentFuture, result: Any, error: BaseException | None) -> None:
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-    except InvalidStateError:           # cancelled meanwhile by the pygev loop
-        pass
-
-
-def _log_failure(what: str, future: ConcurrentFuture) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("%s raised", what, exc_info=future.exception())
+    def _post_outcomes(self) -> None:
+        """One inbox entry per pygev loop for every outcome gathered in this iteration."""
+        self._posting = False
+        outcomes, self._outcomes = self._outcomes, []
+        by_loop: dict[Any, list] = {}
+        for item in outcomes:
+            by_loop.setdefault(item[0].loop, []).append(item)
+        for loop, items in by_loop.items():
+            loop.call_soon(loop.deferrals.settle_promises, items)
 
 
 def _nothing(*_args: Any) -> None:
@@ -218,7 +237,6 @@ class CoroutineHandler:
     def __init__(self, handler: Any, runner: AsyncRunner, asynchronous: frozenset[str]) -> None:
         self.user = handler
         submit = runner.submit
-        name = type(handler).__qualname__
         user_message = handler.on_message
         user_connect = getattr(handler, "on_connect", _nothing)
         user_close = getattr(handler, "on_close", _nothing)
@@ -226,14 +244,17 @@ class CoroutineHandler:
         def on_message(conn: Connection, ctx: Any, data: Any) -> Any:
             if type(data) is memoryview:
                 data = data.tobytes()         # the coroutine outlives the turn
-            return submit(user_message, (conn, ctx, data))
+            promise = Promise(conn.loop)
+            submit(user_message, (conn, ctx, data), promise)
+            return promise                    # a deferred reply (deferred.py)
 
         def on_connect(conn: Connection) -> None:
-            conn.loop.deferrals.barrier(conn, submit(user_connect, (conn,)))
+            promise = Promise(conn.loop)
+            submit(user_connect, (conn,), promise)
+            conn.loop.deferrals.barrier(conn, promise)
 
         def on_close(conn: Connection, error: BaseException | None) -> None:
-            submit(user_close, (conn, error)).add_done_callback(
-                partial(_log_failure, f"{name}.on_close"))
+            submit(user_close, (conn, error), None)
 
         self.on_message: Callable[..., Any] = (
             on_message if "on_message" in asynchronous else user_message)

@@ -6,7 +6,7 @@ Rules (carried out here, and at the seams named):
   a Slot for each Future, an Output for every reply, `send()`, `send_raw()` or echo after the
   first Slot.  Output queued before the chain opened is sealed into the turn's parts first
   (output.py `seal_pending`), so it leaves before anything the chain holds.
-- While a chain is open, `conn._q` is the chain's Sink.  The reader's fast paths append a
+- While a chain is open, `conn._q` is the chain itself.  The reader's fast paths append a
   computed reply to whatever `conn._q` is, so a held connection's replies land in the chain
   with no check per message; output.py sends `reply()`, `raw()` and `echo()` of a held
   connection here (`conn._held is not None`).  Echoed views are copied: they live one turn.
@@ -43,9 +43,29 @@ GATE = 4                    # conn._paused bit: too many replies pending, the so
 _REPLY, _RAW = 0, 1
 
 
+class Promise:
+    """A reply that another thread fills in, lighter than a Future (no lock, no condition):
+    coroutines.py makes one per `async def` call.  Its outcome comes back in batches through
+    `Deferrals.settle_promises` on the loop that made it; `cancel()` may come from that loop."""
+
+    __slots__ = ("loop", "target", "cancelled", "on_cancel")
+
+    def __init__(self, loop: EventLoop) -> None:
+        self.loop = loop
+        self.target: Any = None             # (chain, slot) once a chain waits on it
+        self.cancelled = False
+        self.on_cancel: Any = None          # set by whoever runs it
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        on_cancel = self.on_cancel
+        if on_cancel is not None:
+            on_cancel()
+
+
 def is_deferred(data: Any) -> bool:
-    """A reply that is not ready yet: a concurrent.futures or asyncio Future (or Task)."""
-    return isinstance(data, ConcurrentFuture) or isfuture(data)
+    """A reply that is not ready yet: a Promise, a concurrent.futures or asyncio Future (or Task)."""
+    return type(data) is Promise or isinstance(data, ConcurrentFuture) or isfuture(data)
 
 
 class Slot:
@@ -61,20 +81,11 @@ class Slot:
         self.barrier = barrier
 
 
-class Sink:
-    """What `conn._q` is while a chain is open: the reader's `append(reply)` lands in the chain."""
-
-    __slots__ = ("append",)
-
-    def __init__(self, chain: Chain) -> None:
-        self.append = chain.add_reply
-
-
 class Chain:
     """A connection's held output, its unfinished Futures and the messages waiting for them."""
 
-    __slots__ = ("conn", "entries", "unfinished", "barriers", "gated", "waiting", "sink",
-                 "close_after", "dead")
+    __slots__ = ("conn", "entries", "unfinished", "barriers", "gated", "waiting", "close_after",
+                 "dead")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -83,7 +94,6 @@ class Chain:
         self.barriers = 0
         self.gated = False
         self.waiting: deque[tuple[Any, Any]] = deque()   # (ctx, message) read, not handed over
-        self.sink = Sink(self)
         self.close_after = False
         self.dead = False
 
@@ -93,6 +103,8 @@ class Chain:
         if isinstance(data, (memoryview, bytearray)):
             data = bytes(data)
         self.entries.append((_REPLY, data))
+
+    append = add_reply      # while held, conn._q is the chain: the reader's append lands here
 
     def add_raw(self, data: bytes) -> None:
         self.entries.append((_RAW, data))
@@ -118,14 +130,15 @@ class Chain:
         """The connection finished: cancel what is pending, drop what is held (loop thread)."""
         self.dead = True
         for e in self.entries:
-            if type(e) is Slot and not e.done:
+            if type(e) is Slot and not e.done and e.future is not None:
                 _cancel(e.future)
+                e.future = None
         self.entries.clear()
         self.waiting.clear()
 
 
 def _cancel(future: Any) -> None:
-    if isinstance(future, ConcurrentFuture):
+    if type(future) is Promise or isinstance(future, ConcurrentFuture):
         future.cancel()
         return
     try:
@@ -163,7 +176,7 @@ class Deferrals:
     def _open(self, conn: Connection) -> Chain:
         self._loop.out.seal_pending(conn)     # what came before the Future goes first
         chain = conn._held = Chain(conn)
-        conn._q = chain.sink
+        conn._q = chain
         return chain
 
     def _slot(self, chain: Chain, future: Any, barrier: bool) -> None:
@@ -179,8 +192,11 @@ class Deferrals:
 
     def _watch(self, chain: Chain, slot: Slot) -> None:
         """Arrange for the outcome to reach this loop (one inbox entry per Future)."""
-        post = self._loop.call_soon
         future = slot.future
+        if type(future) is Promise:
+            future.target = (chain, slot)       # settle_promises finds it there
+            return
+        post = self._loop.call_soon
 
         def done(f: Any) -> None:           # any thread: the Future's, or its loop's
             if f.cancelled():
@@ -209,12 +225,36 @@ class Deferrals:
     def _settle(self, chain: Chain, slot: Slot, result: Any, error: BaseException | None) -> None:
         if chain.dead or slot.done:
             return                  # the connection finished: nothing is sent to it
+        slot.future = None          # the Future's callback refers to the slot: no cycle
         slot.done = True
         slot.result, slot.error = result, error
         chain.unfinished -= 1
         if slot.barrier:
             chain.barriers -= 1
         self._advance(chain)
+
+    def settle_promises(self, outcomes: list[tuple[Promise, Any, BaseException | None]]) -> None:
+        """A batch of Promise outcomes (posted by coroutines.py): mark them, then write what is
+        ready once per connection."""
+        chains: dict[int, Chain] = {}
+        for promise, result, error in outcomes:
+            target = promise.target
+            if target is None or promise.cancelled:
+                continue
+            chain, slot = target
+            promise.target = promise.on_cancel = None       # no cycles left behind
+            if chain.dead or slot.done:
+                continue
+            slot.future = None
+            slot.done = True
+            slot.result, slot.error = result, error
+            chain.unfinished -= 1
+            if slot.barrier:
+                chain.barriers -= 1
+            chains[id(chain)] = chain
+        for chain in chains.values():
+            if not chain.dead:
+                self._advance(chain)
 
     def _advance(self, chain: Chain) -> None:
         """Write what is ready, then hand over the messages that waited while the gate was shut."""
@@ -281,7 +321,7 @@ class Deferrals:
                 else:
                     out.seal_pending(conn)        # written before what the chain still holds
                     conn._held = chain            # (a closing connection's is cancelled at finish)
-                    conn._q = chain.sink
+                    conn._q = chain
 
 
 def _cancelled_error(future: Any) -> BaseException:
@@ -289,4 +329,4 @@ def _cancelled_error(future: Any) -> BaseException:
     return CancelledError(f"the deferred reply {future!r} was cancelled")
 
 
-__all__ = ["GATE", "Chain", "Deferrals", "is_deferred"]
+__all__ = ["GATE", "Chain", "Deferrals", "Promise", "is_deferred"]

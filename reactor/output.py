@@ -134,7 +134,7 @@ class Output:
             self.dirty_append(conn)
 
     def queue(self, conn: Connection) -> Any:
-        """Where this turn's replies of `conn` are appended (a list, or a chain's sink)."""
+        """Where this turn's replies of `conn` are appended (a list, or its deferred chain)."""
         q = conn._q
         if q is None:
             q = conn._q = []
@@ -205,7 +205,7 @@ class Output:
         """Frame the pending replies into one part.  The list object stays (emptied): a reader
         looping over a run of messages keeps appending to it, in order after the part."""
         if conn._held is not None:
-            return                  # conn._q is the chain's sink: nothing to frame yet
+            return                  # conn._q is the deferred chain: nothing to frame yet
         q = conn._q
         assert q
         data = q[0] if self._plain and len(q) == 1 else self._frame(q)
