@@ -24,10 +24,11 @@ import inspect
 import logging
 import threading
 from concurrent.futures import CancelledError
+from contextvars import copy_context
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
-from .deferred import Promise
+from .deferred import Promise, enter_promise
 
 
 if TYPE_CHECKING:
@@ -167,7 +168,10 @@ class AsyncRunner:
             if promise is not None and promise.cancelled:
                 continue                    # its connection is gone: never made, never awaited
             try:
-                task = loop.create_task(fn(*args))
+                if promise is None:
+                    task = loop.create_task(fn(*args))
+                else:       # its send()s go before its reply: the task's context says whose
+                    task = copy_context().run(_start_as, promise, loop, fn(*args))
             except BaseException as exc:     # noqa: BLE001 - handed to the connection
                 self._outcome(promise, None, exc)
                 continue
@@ -224,6 +228,12 @@ class AsyncRunner:
             by_loop.setdefault(item[0].loop, []).append(item)
         for loop, items in by_loop.items():
             loop.call_soon(loop.deferrals.settle_promises, items)
+
+
+def _start_as(promise: Promise, loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task:
+    """Inside a fresh context: mark it as `promise`'s, then start the task (which copies it)."""
+    enter_promise(promise)
+    return loop.create_task(coro)
 
 
 def _nothing(*_args: Any) -> None:

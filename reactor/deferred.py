@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from asyncio import isfuture
+from contextvars import ContextVar
 from collections import deque
 from concurrent.futures import Future as ConcurrentFuture
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,19 @@ class Promise:
             on_cancel()
 
 
+_CALLING: ContextVar[Promise | None] = ContextVar("reactor_calling_promise", default=None)
+
+
+def calling_promise() -> Promise | None:
+    """The Promise of the coroutine running now (its send()s go before its reply), or None."""
+    return _CALLING.get()
+
+
+def enter_promise(promise: Promise) -> None:
+    """Mark the current context as `promise`'s coroutine (coroutines.py, in the task's context)."""
+    _CALLING.set(promise)
+
+
 def is_deferred(data: Any) -> bool:
     """A reply that is not ready yet: a Promise, a concurrent.futures or asyncio Future (or Task)."""
     return type(data) is Promise or isinstance(data, ConcurrentFuture) or isfuture(data)
@@ -71,10 +85,11 @@ def is_deferred(data: Any) -> bool:
 class Slot:
     """One Future's place in a chain."""
 
-    __slots__ = ("future", "done", "result", "error", "barrier")
+    __slots__ = ("future", "done", "result", "error", "barrier", "before")
 
     def __init__(self, future: Any, barrier: bool) -> None:
         self.future = future
+        self.before: list[tuple[int, Any]] | None = None   # sends made by its coroutine
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -167,6 +182,40 @@ class Deferrals:
             self._slot(chain, data, barrier=False)
         elif chain is not None:
             chain.add_reply(data)
+
+    def send_within(self, conn: Connection, promise: Promise, data: Any, packet: bool) -> None:
+        """send() / send_raw() from inside a coroutine whose reply is pending: it goes out
+        before that reply (at once when the coroutine's slot is the chain's head)."""
+        target = promise.target
+        chain = conn._held
+        kind = _REPLY if packet else _RAW
+        if target is None or target[0] is not chain:
+            if chain is not None:        # its reply has gone already: in order from here
+                (chain.add_reply if packet else chain.add_raw)(data)
+            return
+        slot = target[1]
+        if chain.entries and chain.entries[0] is slot:
+            self._emit(chain, kind, data)
+        else:
+            if slot.before is None:
+                slot.before = []
+            slot.before.append((kind, data))
+
+    def _emit(self, chain: Chain, kind: int, data: Any) -> None:
+        """Write `data` now, ahead of what the chain holds."""
+        conn = chain.conn
+        out = self._loop.out
+        conn._held = None
+        conn._q = None
+        try:
+            if kind == _REPLY:
+                out.reply(conn, data, "send()")
+            else:
+                out.raw(conn, data)
+            out.seal_pending(conn)
+        finally:
+            conn._held = chain
+            conn._q = chain
 
     def barrier(self, conn: Connection, future: Any) -> None:
         """No message of `conn` is handed over before `future` finished (async on_connect)."""
@@ -288,6 +337,12 @@ class Deferrals:
             while entries and conn._state == OPEN:
                 e = entries[0]
                 if type(e) is Slot:
+                    before, e.before = e.before, None
+                    for kind, data in before or ():   # its coroutine's sends: at the head now
+                        if kind == _REPLY:
+                            out.reply(conn, data, source)
+                        else:
+                            out.raw(conn, data)
                     if not e.done:
                         break
                     entries.popleft()
@@ -329,4 +384,5 @@ def _cancelled_error(future: Any) -> BaseException:
     return CancelledError(f"the deferred reply {future!r} was cancelled")
 
 
-__all__ = ["GATE", "Chain", "Deferrals", "Promise", "is_deferred"]
+__all__ = ["GATE", "Chain", "Deferrals", "Promise", "calling_promise", "enter_promise",
+           "is_deferred"]

@@ -34,7 +34,7 @@ from ._native import (KIND_CONN, KIND_LISTEN, KIND_WAKE, R_ACCEPT, R_ACCEPT_ERRO
 from .admission import ADDR_ENTRY, fd_table_size
 from .closing import Closer
 from .connection import CLOSED, OPEN, Connection
-from .deferred import Deferrals, is_deferred
+from .deferred import Deferrals, calling_promise, is_deferred
 from .errors import OutputLimitExceeded
 from .output import Output
 from .poller import Poller
@@ -277,7 +277,7 @@ class EventLoop:
         size = len(data) if isinstance(data, (bytes, str)) else 0
         with self._inbox_lock:
             conn._posted += size
-            self._inbox.append((self._send_posted, (conn, data, packet, size)))
+            self._inbox.append((self._send_posted, (conn, data, packet, size, calling_promise())))
         self._wake()
 
     def _wake(self) -> None:
@@ -391,12 +391,16 @@ class EventLoop:
         error = OutputLimitExceeded(f"unsent output exceeds write_limit ({self._write_limit})")
         self.closer.abort(conn, error, "write_limit")
 
-    def _send_posted(self, conn: Connection, data: Any, packet: bool, size: int) -> None:
+    def _send_posted(self, conn: Connection, data: Any, packet: bool, size: int,
+                     promise: Any) -> None:
         with self._inbox_lock:
             conn._posted -= size
         if conn._state == OPEN and not conn._shut:
             try:
-                self.send(conn, data, packet)
+                if promise is not None and conn._held is not None:
+                    self.deferrals.send_within(conn, promise, data, packet)   # before its reply
+                else:
+                    self.send(conn, data, packet)
             except Exception as exc:
                 self.closer.fail(conn, exc)
 
