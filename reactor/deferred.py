@@ -26,9 +26,11 @@ Rules (carried out here, and at the seams named):
 from __future__ import annotations
 
 import logging
+import threading
 from asyncio import isfuture
 from contextvars import ContextVar
 from collections import deque
+from concurrent.futures import CancelledError
 from concurrent.futures import Future as ConcurrentFuture
 from typing import TYPE_CHECKING, Any
 
@@ -169,14 +171,32 @@ class Deferrals:
         self._loop = loop
         self._max = max_pending
         self.deferred_count = 0       # Futures handed back by handlers, ever (metrics)
+        self._lock = threading.Lock()
+        self._arrived: list[tuple[Chain, Slot, Any, BaseException | None]] = []
+        self._posted = False
 
     # ------------------------------------------------------------------------------------
     # holding (output.py calls these for a Future, and for any output of a held connection)
     # ------------------------------------------------------------------------------------
     def hold(self, conn: Connection, data: Any) -> None:
-        """A reply of `conn`: a Future takes a Slot, anything else waits behind the chain."""
+        """A reply of `conn`: a Future takes a Slot, anything else waits behind the chain.  A
+        concurrent Future that is already done is just its result (no slot, no hop)."""
         chain = conn._held
         if is_deferred(data):
+            if type(data) is not Promise and isinstance(data, ConcurrentFuture) and data.done():
+                result, error = _outcome(data)
+                if error is not None:
+                    raise error                   # closes the connection, as a raise would
+                if chain is None:
+                    if result is not None:
+                        self._loop.out.reply(conn, result, "a deferred reply")
+                    return
+                data = result
+                if data is None:
+                    return
+                if not is_deferred(data):
+                    chain.add_reply(data)
+                    return
             if chain is None:
                 chain = self._open(conn)
             self._slot(chain, data, barrier=False)
@@ -240,19 +260,15 @@ class Deferrals:
         self._watch(chain, slot)
 
     def _watch(self, chain: Chain, slot: Slot) -> None:
-        """Arrange for the outcome to reach this loop (one inbox entry per Future)."""
+        """Arrange for the outcome to reach this loop: outcomes that arrive together are
+        settled together (one inbox entry for all of them)."""
         future = slot.future
         if type(future) is Promise:
             future.target = (chain, slot)       # settle_promises finds it there
             return
-        post = self._loop.call_soon
 
         def done(f: Any) -> None:           # any thread: the Future's, or its loop's
-            if f.cancelled():
-                post(self._settle, chain, slot, None, _cancelled_error(f))
-                return
-            error = f.exception()
-            post(self._settle, chain, slot, None if error is not None else f.result(), error)
+            self._arrive(chain, slot, *_outcome(f))
 
         if isinstance(future, ConcurrentFuture):
             future.add_done_callback(done)
@@ -260,7 +276,22 @@ class Deferrals:
         try:
             future.get_loop().call_soon_threadsafe(future.add_done_callback, done)
         except RuntimeError as exc:       # the Future's loop is closed: it can never finish
-            post(self._settle, chain, slot, None, exc)
+            self._arrive(chain, slot, None, exc)
+
+    def _arrive(self, chain: Chain, slot: Slot, result: Any, error: BaseException | None) -> None:
+        """An outcome from any thread: queued, and one settle is posted per burst."""
+        with self._lock:
+            self._arrived.append((chain, slot, result, error))
+            if self._posted:
+                return
+            self._posted = True
+        self._loop.call_soon(self._settle_arrived)
+
+    def _settle_arrived(self) -> None:
+        with self._lock:
+            arrived, self._arrived = self._arrived, []
+            self._posted = False
+        self._settle_all(arrived)
 
     def _gate(self, chain: Chain) -> None:
         chain.gated = True
@@ -271,30 +302,23 @@ class Deferrals:
     # ------------------------------------------------------------------------------------
     # settling (loop thread)
     # ------------------------------------------------------------------------------------
-    def _settle(self, chain: Chain, slot: Slot, result: Any, error: BaseException | None) -> None:
-        if chain.dead or slot.done:
-            return                  # the connection finished: nothing is sent to it
-        slot.future = None          # the Future's callback refers to the slot: no cycle
-        slot.done = True
-        slot.result, slot.error = result, error
-        chain.unfinished -= 1
-        if slot.barrier:
-            chain.barriers -= 1
-        self._advance(chain)
-
     def settle_promises(self, outcomes: list[tuple[Promise, Any, BaseException | None]]) -> None:
-        """A batch of Promise outcomes (posted by coroutines.py): mark them, then write what is
-        ready once per connection."""
-        chains: dict[int, Chain] = {}
+        """A batch of Promise outcomes (posted by coroutines.py)."""
+        arrived = []
         for promise, result, error in outcomes:
             target = promise.target
-            if target is None or promise.cancelled:
-                continue
-            chain, slot = target
             promise.target = promise.on_cancel = None       # no cycles left behind
+            if target is not None and not promise.cancelled:
+                arrived.append((target[0], target[1], result, error))
+        self._settle_all(arrived)
+
+    def _settle_all(self, arrived: list[tuple[Chain, Slot, Any, BaseException | None]]) -> None:
+        """Mark every outcome, then write what is ready once per connection."""
+        chains: dict[int, Chain] = {}
+        for chain, slot, result, error in arrived:
             if chain.dead or slot.done:
-                continue
-            slot.future = None
+                continue            # the connection finished: nothing is sent to it
+            slot.future = None      # the Future's callback refers to the slot: no cycle
             slot.done = True
             slot.result, slot.error = result, error
             chain.unfinished -= 1
@@ -379,9 +403,12 @@ class Deferrals:
                     conn._q = chain
 
 
-def _cancelled_error(future: Any) -> BaseException:
-    from concurrent.futures import CancelledError
-    return CancelledError(f"the deferred reply {future!r} was cancelled")
+def _outcome(future: Any) -> tuple[Any, BaseException | None]:
+    """(result, None) or (None, error) of a done Future (a cancelled one: CancelledError)."""
+    if future.cancelled():
+        return None, CancelledError(f"the deferred reply {future!r} was cancelled")
+    error = future.exception()
+    return (None, error) if error is not None else (future.result(), None)
 
 
 __all__ = ["GATE", "Chain", "Deferrals", "Promise", "calling_promise", "enter_promise",
