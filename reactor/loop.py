@@ -14,7 +14,8 @@ admission.py (accepting: cap, balancing, addresses).  The fd number is never reu
 pygev holds it: it is closed only after the flush that could write to it.
 
 Cross-thread work (send() from a thread, accepted fds for this loop, timers, close) goes
-through the inbox under one lock, with one eventfd wake-up per burst; a turn runs at most
+through the inbox under one lock, with one eventfd wake-up per burst (`_wake_pending` is
+cleared when a poll returns, so a wake-up is never skipped while the loop sleeps); a turn runs at most
 INBOX_BATCH of it, so a thread that sends in a tight loop cannot starve polling and flushing.
 An fd handed over after the loop finished is closed by the hand-over itself (`adopt`).
 """
@@ -201,10 +202,12 @@ class EventLoop:
         return timer
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run fn(*args) on this loop's thread at the next turn."""
+        """Run fn(*args) on this loop's thread at the next turn (this one's inbox drain, when
+        called on the loop's thread before it)."""
         with self._inbox_lock:
             self._inbox.append((fn, args))
-        self._wake()
+        if self.thread_id != threading.get_ident():
+            self._wake()     # on the loop thread, a non-empty inbox makes the next poll not wait
 
     def call_here(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run fn(*args) now when on this loop's thread, else at its next turn."""
@@ -322,6 +325,7 @@ class EventLoop:
             elif self._stopping and timeout > 100:
                 timeout = 100
         nrows = lib.pg_poll(self._L, timeout)
+        self._wake_pending = False    # the poll consumed the wake-up: the next post writes again
         self.now = now = monotonic()
         if nrows > 0:
             self.reader.dispatch(self.rows_mv[:4 * nrows].tolist())
@@ -469,7 +473,6 @@ class EventLoop:
     def _drain_inbox(self) -> None:
         """Run a bounded batch of cross-thread calls (a sender in a tight loop cannot starve
         polling and flushing)."""
-        self._wake_pending = False
         inbox = self._inbox
         lock = self._inbox_lock
         for _ in range(INBOX_BATCH):
