@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import zlib
 from typing import Any, Callable
 
 from ._native import F_NODELAY
 from .admission import Admission, format_address
 from .handler import Handler
 from .loop import EventLoop
-from .options import OPTION_NAMES, LoadBalance, Network, ServerOptions
+from .options import OPTION_NAMES, LoadBalance, Network, ServerOptions, check_handler
 from .protocol import DefaultProtocol, Protocol
 from .stats import collect
 from .timers import Timer
@@ -64,17 +65,7 @@ class Server:
                  write_limit: int | None = None, view_threshold: int | None = 4096,
                  frame_timeout: float = 30.0, handshake_timeout: float | None = 10.0,
                  ssl: Any = None, slow_callback: float | None = 0.1) -> None:
-        if isinstance(handler, type):
-            raise TypeError(f"handler must be an instance, not the class {handler.__name__} "
-                            f"(write {handler.__name__}())")
-        if not callable(getattr(handler, "on_message", None)):
-            raise TypeError(f"handler must be a reactor.Handler (or have on_message), "
-                            f"not {type(handler).__name__}")
-        if isinstance(protocol, type):
-            raise TypeError(f"protocol must be an instance, not the class {protocol.__name__} "
-                            f"(write {protocol.__name__}())")
-        if protocol is not None and not callable(getattr(protocol, "unpacket", None)):
-            raise TypeError(f"protocol must be a reactor.Protocol, not {type(protocol).__name__}")
+        check_handler(handler, protocol)
         high_ok = isinstance(write_high_water, int) and not isinstance(write_high_water, bool)
         if write_low_water is None:
             write_low_water = write_high_water // 4 if high_ok else 0
@@ -121,6 +112,7 @@ class Server:
         self._bg_error: BaseException | None = None
         self._stop_hooks: list[Callable[[float | None], None]] = []
         self.worker_pool: Any = None
+        self.listens = True               # a Client has loops and no listener
 
     def __repr__(self) -> str:
         state = "serving" if self._serving else "stopped" if self._stop_requested else "not started"
@@ -157,6 +149,15 @@ class Server:
     def run_every(self, interval: float, fn: Callable[..., Any], *args: Any) -> Timer:
         """Run fn(*args) every `interval` seconds on the first event loop until cancelled."""
         return self._loops[0].run_every(interval, fn, *args)
+
+    def connect(self, address: str, handler: Handler, **options: Any) -> Any:
+        """Dial `address` on a loop the load balancer picks; see EventLoop.connect for the
+        options (network, protocol, timeout, ssl, server_hostname).  Thread-safe."""
+        if self.workers > 1:
+            raise RuntimeError("Server.connect() with workers > 1: the parent runs no loop; dial "
+                               "from a worker with conn.loop.connect() (or in Handler.on_start)")
+        key = zlib.crc32(address.encode()) if isinstance(address, str) else 0
+        return self.admission.pick(key).connect(address, handler, **options)
 
     def stats(self) -> dict[str, Any]:
         """This process's counters (what reactor.metrics exports), read without locks."""
@@ -279,8 +280,10 @@ class Server:
             return
         opened: list[EventLoop] = []
         admission = self.admission
+        started = False
         try:
-            admission.bind()
+            if self.listens:
+                admission.bind()
             admission.open()
             for loop in self._loops:
                 loop.open(admission.addresses)
@@ -288,24 +291,42 @@ class Server:
                 loop.start_housekeeping()
             for sock in admission.listeners:
                 self._loops[0].add_listener(sock.fileno(), admission.nodelay, F_NODELAY)
+            on_start = getattr(self.handler, "on_start", None)
+            if on_start is not None:
+                on_start(self)          # this thread runs the first loop; nothing served yet
+            started = True
             self._publish_ready()
         except BaseException:
             for loop in opened:
                 loop.teardown()
             self._cleanup()
+            if started:
+                self._on_stop()
             raise
         for loop in self._loops[1:]:
             t = threading.Thread(target=loop.run, name=f"reactor-loop-{loop.index}", daemon=True)
             self._threads.append(t)
             t.start()
-        log.info("serving on %s with %d loop(s)", self.address, self.num_loops)
+        log.info("serving on %s with %d loop(s)", self.address if self.listens else "no listener",
+                 self.num_loops)
         try:
             self._loops[0].run()
         finally:
             for t in self._threads:
                 t.join()
             self._threads.clear()
+            self._on_stop()
             self._cleanup()
+
+    def _on_stop(self) -> None:
+        """Handler.on_stop once the loops finished (every connection is closed)."""
+        on_stop = getattr(self.handler, "on_stop", None)
+        if on_stop is None:
+            return
+        try:
+            on_stop(self)
+        except Exception:
+            log.exception("%s.on_stop raised", type(self.handler).__name__)
 
     def _serve_workers(self) -> None:
         """workers > 1: this process supervises forked workers (each runs `worker_copy()`)."""
