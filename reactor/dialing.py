@@ -210,7 +210,7 @@ class Dialer:
             dial.addrs = [(socket.AF_UNIX, host)]
         else:
             dial.addrs = numeric(host, port, family)
-        loop.call_here(self.begin, dial)
+        loop.call_soon(self.begin, dial)        # callbacks never run inside connect() itself
         return conn
 
     # ------------------------------------------------------------------------------------
