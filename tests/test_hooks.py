@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from reactor import Connection, Handler, Server
-from support import TIMEOUT, connect, recv_exactly, serve, wait_until
+from support import TIMEOUT, closed_by_peer, connect, recv_exactly, serve, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,9 +56,12 @@ def test_on_start_and_on_stop_run_once_around_everything_served() -> None:
             c.sendall(b"ping")
             assert recv_exactly(c, 4) == b"ping"
         assert [e[0] for e in h.events][0] == "start"
-    srv.stop()
-    for c in clients:
-        c.close()
+        stopper = threading.Thread(target=srv.stop)
+        stopper.start()
+        for c in clients:                       # the server's FIN, then ours: no linger
+            assert closed_by_peer(c)
+            c.close()
+        stopper.join(TIMEOUT)
     kinds = [e[0] for e in h.events]
     assert kinds == ["start", "connect", "connect", "connect", "close", "close", "close", "stop"]
     start_thread = h.events[0][1]
@@ -142,9 +145,10 @@ def test_hooks_run_once_in_each_serving_process(tmp_path: Path, workers: int) ->
                 break
         assert len(pids) == workers
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=TIMEOUT + 20) == 0
         for c in clients:
+            assert closed_by_peer(c)
             c.close()
+        assert proc.wait(timeout=TIMEOUT + 20) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
