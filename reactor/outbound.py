@@ -54,7 +54,7 @@ class Side:
     """The dialed side of one connection: its callbacks, its dial, what waits for the connect."""
 
     __slots__ = ("handler", "protocol", "on_eof", "dial", "up", "early", "early_bytes", "shut",
-                 "posted", "lock", "read_max", "view_min", "max_pending", "source")
+                 "posted", "lock", "read_max", "view_min", "max_pending", "source", "passthrough")
 
     def __init__(self, handler: Any, protocol: Any, read_max: int, view_threshold: int | None) -> None:
         self.handler = handler
@@ -71,6 +71,9 @@ class Side:
         self.view_min = (1 << 62) if view_threshold is None else view_threshold
         self.max_pending = getattr(protocol, "max_pending", 16 << 20)
         self.source = f"{type(handler).__qualname__}.on_message"
+        plan = protocol.native_plan()
+        # DefaultProtocol as it is: each read is one message (bytes), replies go out unframed
+        self.passthrough = plan is not None and plan.split is None and plan.reply == "none"
 
     # ------------------------------------------------------------------------------------
     # output (loop thread)
@@ -85,7 +88,7 @@ class Side:
 
     def queue(self, conn: Connection, data: Any, packet: bool, source: str) -> None:
         """Frame `data` with this connection's protocol and queue it as raw bytes."""
-        if packet:
+        if packet and not self.passthrough:
             data = self.protocol.packet(conn, data)
             if data is None:
                 return
@@ -117,6 +120,9 @@ class Side:
     def read(self, conn: Connection) -> None:
         loop = conn._loop
         tls = conn._tls
+        if tls is None and self.passthrough:
+            self._read_bytes(conn)
+            return
         if tls is None:
             ring = conn._in
             if ring is None:
@@ -160,6 +166,27 @@ class Side:
             self._unpack_ring(conn)
         if tls.closed_by_peer and conn._state == OPEN:
             loop.closer.peer_eof(conn)
+
+    def _read_bytes(self, conn: Connection) -> None:
+        """DefaultProtocol without TLS: one read, one message, as bytes (nothing is kept)."""
+        loop = conn._loop
+        try:
+            data = os.read(conn._fd, self.read_max)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            loop.closer.abort_errno(conn, exc.errno or 0)
+            return
+        if not data:
+            loop.closer.peer_eof(conn)
+            return
+        loop.rx += len(data)
+        try:
+            res = self.handler.on_message(conn, None, data)
+            if res is not None:
+                self.queue(conn, res, False, self.source)
+        except Exception as exc:
+            loop.closer.fail(conn, exc)
 
     def _unpack_ring(self, conn: Connection) -> None:
         ring = conn._in
@@ -232,6 +259,10 @@ class OutboundConnection(Connection):
         side = self._side
         if self._state or self._shut or side.shut:
             raise ConnectionClosed(f"{self!r} is closed")
+        loop = self._loop
+        if side.passthrough and side.up and loop.thread_id == _get_ident():
+            loop.send(self, data, False)        # DefaultProtocol: nothing to frame
+            return
         self._post(data, True)
 
     def send_raw(self, data: Any) -> None:
