@@ -255,6 +255,7 @@ class Dialer:
         while dial.index < len(addrs):
             family, sockaddr = addrs[dial.index]
             dial.index += 1
+            dial.conn._peer = sockaddr          # the address being dialed (peer_addr)
             try:
                 sock = socket.socket(family, socket.SOCK_STREAM)
             except OSError as exc:

@@ -335,7 +335,8 @@ class OutboundConnection(Connection):
 
     @property
     def peer_addr(self) -> Any:
-        """The address dialed (what getpeername() returns once connected); None while resolving."""
+        """The address being dialed, then what getpeername() returned once connected; after a
+        failed dial the last address tried; None while the name is being resolved."""
         return self._peer
 
     @property
