@@ -161,7 +161,7 @@ class Server:
 
     def stats(self) -> dict[str, Any]:
         """This process's counters (what reactor.metrics exports), read without locks."""
-        return collect(self._loops, self.connection_count)
+        return collect(self._loops, self.admission.count)
 
     def start(self) -> None:
         """Serve until stop() is called (from another thread, a handler, a timer or a signal).

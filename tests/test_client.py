@@ -294,6 +294,54 @@ def test_server_connect_dials_from_a_server_loop_and_metrics_label_the_direction
         wait_until(lambda: srv.stats()["outbound"] == 0, what="the gauge back to 0")
 
 
+def test_backpressure_on_a_dialed_connection_runs_the_flow_control_hooks() -> None:
+    """A server that does not read for a while: the dialed connection's output passes high
+    water (on_high_water), then drains (on_drain); every byte arrives, in order."""
+    size = 8 << 20
+    payload = bytes(range(256)) * (size // 256)
+    got = bytearray()
+    reading = threading.Event()
+    done = threading.Event()
+
+    class LateReader(Handler):
+        def on_connect(self, conn: Connection) -> None:
+            conn.pause_reading()
+            conn.loop.run_after(0.3, conn.resume_reading)
+
+        def on_message(self, conn: Connection, ctx: Any, data: Any) -> None:
+            reading.set()
+            got.extend(data)
+            if len(got) >= size:
+                done.set()
+
+    class Flow(Collect):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hooks: list[tuple[str, int]] = []
+
+        def on_high_water(self, conn: Connection) -> None:
+            self.hooks.append(("high", conn.pending_write))
+
+        def on_drain(self, conn: Connection) -> None:
+            self.hooks.append(("drain", conn.pending_write))
+
+    h = Flow()
+    with serve(LateReader(), read_buffer_size=65536) as srv, \
+            Client(write_high_water=256 << 10) as cli:
+        conn = cli.connect(f"127.0.0.1:{srv.address[1]}", h)
+        h.wait_connected(1)
+        step = 64 << 10
+        for i in range(0, size, step):              # from this thread, after the connect
+            conn.send(payload[i:i + step])
+        assert done.wait(TIMEOUT * 3), len(got)
+        assert bytes(got) == payload
+        wait_until(lambda: len(h.hooks) >= 2 and h.hooks[-1][0] == "drain",
+                   what="on_drain after the last on_high_water")
+        assert h.hooks[0][0] == "high" and h.hooks[1][0] == "drain"
+        assert [k for k, _ in h.hooks] == ["high", "drain"] * (len(h.hooks) // 2)
+        assert cli.stats()["backpressure_pauses"] >= 1
+
+
 # ----------------------------------------------------------------------------------------
 # TLS
 # ----------------------------------------------------------------------------------------
@@ -317,12 +365,14 @@ def test_tls_client_to_a_pygev_tls_server_with_server_hostname() -> None:
         assert h.wait_closed(conn) is None
 
 
-@pytest.mark.parametrize("hostname", [None, "example.com"])
+@pytest.mark.parametrize("hostname", [None, "example.com", "ssl=True"])
 def test_tls_client_verifies_the_certificate(hostname: str | None) -> None:
     """Default context (no CA for the test certificate), or the wrong name: refused."""
     h = Collect()
-    ctx = (ssl.create_default_context() if hostname is None
-           else ssl.create_default_context(cafile=str(DATA / "localhost.crt")))
+    ctx: Any = (ssl.create_default_context() if hostname is None else True if hostname == "ssl=True"
+                else ssl.create_default_context(cafile=str(DATA / "localhost.crt")))
+    if hostname == "ssl=True":
+        hostname = None
     with serve(Echo(), ssl=_server_context()) as srv, Client() as cli:
         conn = cli.connect(f"localhost:{srv.address[1]}", h, ssl=ctx, server_hostname=hostname)
         conn.send(b"secret")
