@@ -9,6 +9,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .connection import CLOSED
+from .handler import Handler
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -29,15 +30,17 @@ def protocol_of(loop: EventLoop, conn: Connection) -> Any:
 
 def output_hook(loop: EventLoop, conn: Connection, name: str) -> None:
     """Run Handler.<name>(conn) ("on_high_water" / "on_drain") at the loop's next turn: never
-    inside the flush that noticed it, so the hook may send, pause or close freely."""
-    loop.call_soon(_run_hook, loop, conn, name)
-
-
-def _run_hook(loop: EventLoop, conn: Connection, name: str) -> None:
-    if conn._state == CLOSED:
+    inside the flush that noticed it, so the hook may send, pause or close freely.  Nothing is
+    posted for a handler that does not override it."""
+    handler = handler_of(loop, conn)
+    fn = getattr(handler, name, None)
+    if fn is None or getattr(type(handler), name, None) is getattr(Handler, name):
         return
-    fn = getattr(handler_of(loop, conn), name, None)
-    if fn is None:
+    loop.call_soon(_run_hook, loop, conn, fn)
+
+
+def _run_hook(loop: EventLoop, conn: Connection, fn: Any) -> None:
+    if conn._state == CLOSED:
         return
     try:
         fn(conn)
