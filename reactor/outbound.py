@@ -97,7 +97,7 @@ class Side:
     def send_posted(self, conn: Connection, data: Any, packet: bool, size: int) -> None:
         with self.lock:
             self.posted -= size
-        if conn._state == OPEN and not conn._shut:
+        if conn._state == OPEN and not conn._shut and not self.shut:
             try:
                 self.send(conn, data, packet)
             except Exception as exc:
