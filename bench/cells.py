@@ -293,6 +293,9 @@ CELLS: list[Cell] = [
         "framed1kx50", "framed", "echo shortcut: framed 1 KiB, 50 connections", mode="framed", size=1024
     ),
     EchoCell("ws256x50", "ws", "echo shortcut: WebSocket 256 B binary, 50 connections", mode="ws", size=256),
+    EchoCell("proxy64x50", "proxy", "TCP proxy in front of an echo server: raw 64 B, 50 connections"),
+    EchoCell("proxy16kx50", "proxy", "TCP proxy in front of an echo server: raw 16 KiB, 50 connections",
+             size=16384),
     IdleMemoryCell("mem-idle", "raw", "server RSS per idle connection"),
     *_resp_cells(),
 ]
@@ -302,10 +305,11 @@ GROUPS = {
     "asyncget": [c.name for c in CELLS if isinstance(c, RequestCell) and c.kind == "asyncget"],
     "get": [c.name for c in CELLS if isinstance(c, RequestCell) and c.kind == "get"],
     "rpc": [c.name for c in CELLS if isinstance(c, RequestCell) and c.mode == "rpc"],
-    "echo": [c.name for c in CELLS if isinstance(c, EchoCell)],
-    "raw": [c.name for c in CELLS if isinstance(c, EchoCell) and c.mode == "raw"],
+    "echo": [c.name for c in CELLS if isinstance(c, EchoCell) and c.kind != "proxy"],
+    "raw": [c.name for c in CELLS if isinstance(c, EchoCell) and c.kind == "raw"],
     "framed": [c.name for c in CELLS if isinstance(c, EchoCell) and c.mode == "framed"],
     "ws": [c.name for c in CELLS if isinstance(c, EchoCell) and c.mode == "ws"],
+    "proxy": [c.name for c in CELLS if c.kind == "proxy"],
     "memory": [c.name for c in CELLS if isinstance(c, IdleMemoryCell)],
     "resp": [c.name for c in CELLS if isinstance(c, RespCell)],
     "all": [c.name for c in CELLS],

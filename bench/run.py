@@ -79,7 +79,7 @@ def measure_cell(
     if cell.fresh_server:
         for rep in range(1, reps + 1):
             for spec in runnable:
-                server = start(spec, pin, log_dir)
+                server = start(spec, pin, log_dir, ctx.client_pin)
                 if isinstance(server, str):
                     record(spec, rep, {"error": server})
                     continue
@@ -94,7 +94,7 @@ def measure_cell(
     failed: dict[str, str] = {}  # server name -> why it is not serving
     try:
         for spec in runnable:
-            server = start(spec, pin, log_dir)
+            server = start(spec, pin, log_dir, ctx.client_pin)
             if isinstance(server, str):
                 failed[spec.name] = server
             else:
@@ -113,10 +113,10 @@ def measure_cell(
     return records
 
 
-def start(spec: ServerSpec, pin: list[str], log_dir: Path) -> ServerProcess | str:
-    """Start a server process, or say why it could not be started."""
+def start(spec: ServerSpec, pin: list[str], log_dir: Path, upstream_pin: list[str] = ()) -> ServerProcess | str:
+    """Start a server process (and its upstream, pinned with `upstream_pin`), or say why it could not."""
     try:
-        return ServerProcess(spec, pin, log_dir)
+        return ServerProcess(spec, pin, log_dir, upstream_pin)
     except OSError as exc:
         return f"cannot start {spec.argv[0]}: {exc}"
 

@@ -1,8 +1,9 @@
 """The servers under test: a registry of command lines per workload kind, and a process wrapper.
 
 Kinds: "get" (the line GET service of examples/line_get.py), "rpc" (the length-framed RPC service of
-examples/rpc.py), "raw" (echo), "framed" (4-byte big-endian length-framed echo), "ws" (WebSocket echo)
-and "resp" (Redis protocol).  Every kind has a "uvloop" entry: the baseline its ratios are taken against.
+examples/rpc.py), "raw" (echo), "framed" (4-byte big-endian length-framed echo), "ws" (WebSocket echo),
+"resp" (Redis protocol) and "proxy" (a TCP proxy in front of an upstream echo server: the upstream,
+the same uvloop echo for every proxy, runs in its own process pinned to the client's CPU).  Every kind has a "uvloop" entry: the baseline its ratios are taken against.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ServerSpec:
     argv: tuple[str, ...]
     modules: tuple[str, ...] = ()  # Python modules it imports (checked before starting)
     hint: str = ""  # where a missing program comes from
+    upstream: tuple[str, ...] = ()  # a server this one forwards to ("{upstream}" in argv is its port)
 
     def missing(self) -> str | None:
         """Why this server cannot start here (a missing file, program or module), or None."""
@@ -49,8 +51,8 @@ class ServerSpec:
                 return f"Python module {module} is not installed"
         return None
 
-    def command(self, port: int) -> list[str]:
-        return [arg.replace("{port}", str(port)) for arg in self.argv]
+    def command(self, port: int, upstream: int = 0) -> list[str]:
+        return [arg.replace("{port}", str(port)).replace("{upstream}", str(upstream)) for arg in self.argv]
 
 
 def _py(script: Path, *args: str) -> tuple[str, ...]:
@@ -64,6 +66,19 @@ def _peer(loop: str, kind: str, label: str, script: Path, *extra: str, suffix: s
     """A peer script on `loop`, named after the loop (+ suffix), labelled "<loop> <label>"."""
     modules = ("uvloop",) if loop == "uvloop" else ()
     return ServerSpec(loop + suffix, kind, f"{loop} {label}", _py(script, "--loop", loop, *extra), modules)
+
+
+UPSTREAM_ECHO = _py(PEERS / "protocol_echo.py", "--loop", "uvloop")
+
+
+def _proxies() -> list[ServerSpec]:
+    up = ("--upstream", "127.0.0.1:{upstream}")
+    specs = [ServerSpec("pygev", "proxy", "pygev examples/proxy.py", _py(ROOT / "examples" / "proxy.py", *up),
+                        ("uvloop",), upstream=UPSTREAM_ECHO)]
+    for loop in LOOPS:
+        specs.append(ServerSpec(loop, "proxy", f"{loop} Protocol proxy",
+                                _py(PEERS / "proxy.py", "--loop", loop, *up), ("uvloop",), upstream=UPSTREAM_ECHO))
+    return specs
 
 
 def _peer_pairs() -> list[ServerSpec]:
@@ -98,6 +113,7 @@ SERVERS: list[ServerSpec] = [
     ServerSpec("pygev-batch", "resp", "pygev examples/resp.py --batch",
                _py(ROOT / "examples" / "resp.py", "--batch")),
     *_peer_pairs(),
+    *_proxies(),
     ServerSpec(
         "asyncio",
         "ws",
@@ -157,19 +173,41 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _wait_listening(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.05)
+
+
 class ServerProcess:
     """One running server, pinned with `pin` (e.g. ["taskset", "-c", "0"]), its output in `log_path`.
 
     The pid is the server's own (taskset execs it), so /proc/<pid> gives the server's CPU and RSS.
     """
 
-    def __init__(self, spec: ServerSpec, pin: list[str], log_dir: Path) -> None:
+    def __init__(self, spec: ServerSpec, pin: list[str], log_dir: Path, upstream_pin: list[str] = ()) -> None:
         self.spec = spec
         self.port = free_port()
         self.log_path = log_dir / f"{spec.kind}-{spec.name}-{self.port}.log"
         self._log = open(self.log_path, "wb")
+        self.upstream: subprocess.Popen | None = None
+        upstream_port = 0
+        if spec.upstream:
+            upstream_port = free_port()
+            self.upstream = subprocess.Popen(
+                [*upstream_pin, *(arg.replace("{port}", str(upstream_port)) for arg in spec.upstream)],
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+            _wait_listening(upstream_port, 15.0)
         self.proc = subprocess.Popen(
-            [*pin, *spec.command(self.port)],
+            [*pin, *spec.command(self.port, upstream_port)],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -209,14 +247,15 @@ class ServerProcess:
         return " | ".join(line for line in text.strip().splitlines() if line.strip())[-chars:]
 
     def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout` seconds; only this process, by its pid."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+        """SIGTERM, then SIGKILL after `timeout` seconds; only this process (and its upstream), by pid."""
+        for proc in (self.proc, self.upstream):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout)
         self._log.close()
 
     def __enter__(self) -> ServerProcess:

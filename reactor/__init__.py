@@ -8,6 +8,7 @@
 
     Server(Echo(), address="127.0.0.1:1833").start()
 """
+from .client import Client
 from .connection import Connection
 from .errors import ConnectionClosed, OutputLimitExceeded, PeerTimeout, ProtocolError
 from .handler import Handler
@@ -17,7 +18,7 @@ from .protocol import DefaultProtocol, NativePlan, Protocol
 from .server import Server
 from .timers import Timer
 
-__all__ = ["Connection", "ConnectionClosed", "DefaultProtocol", "EventLoop", "Handler", "NativePlan",
-           "OutputLimitExceeded", "PeerTimeout", "Protocol", "ProtocolError", "Server",
+__all__ = ["Client", "Connection", "ConnectionClosed", "DefaultProtocol", "EventLoop", "Handler",
+           "NativePlan", "OutputLimitExceeded", "PeerTimeout", "Protocol", "ProtocolError", "Server",
            "ServerOptions", "Timer"]
 __version__ = "0.1.0"

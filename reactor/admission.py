@@ -232,6 +232,10 @@ class Admission:
         else:
             target.adopt(fd)
 
+    def pick(self, key: int) -> EventLoop:
+        """The loop the balancer gives a new connection (`key` stands in for the source hash)."""
+        return self._balance(self, key)
+
     def released(self) -> None:
         """A connection counted by on_accept is gone."""
         with self._count_lock:

@@ -31,6 +31,7 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from ._native import F_DISCARD, KIND_CONN, lib
+from .callbacks import handler_of, protocol_of
 from .connection import CLOSED, CLOSING, OPEN, Connection
 from .errors import PeerTimeout, ProtocolError, close_reason
 
@@ -82,9 +83,10 @@ class Closer:
         conn._eof = True
         self._loop.update_interest(conn)
         keep = None
-        if self._on_eof is not None:
+        on_eof = self._on_eof if conn._side is None else conn._side.on_eof
+        if on_eof is not None:
             try:
-                keep = self._on_eof(conn)
+                keep = on_eof(conn)
             except Exception as exc:
                 self.fail(conn, exc)
                 return
@@ -121,10 +123,11 @@ class Closer:
         loop = self._loop
         if hook is not None:
             conn._state = OPEN                    # send_raw() works inside the hook
+            protocol = protocol_of(loop, conn)
             try:
-                loop.protocol.closing(conn, hook)
+                protocol.closing(conn, hook)
             except Exception:
-                log.exception("%s.closing raised", type(loop.protocol).__name__)
+                log.exception("%s.closing raised", type(protocol).__name__)
             finally:
                 conn._state = CLOSING
         if tls and conn._tls is not None:
@@ -171,7 +174,10 @@ class Closer:
             conn._held.cancel()                   # pending Futures: cancelled, results dropped
             conn._held = None
         self.count(conn._reason)
-        loop.server.admission.released()
+        if conn._side is None:
+            loop.server.admission.released()
+        else:
+            loop.dialer.finished(conn)
         error = conn._error
         # Addresses outlive the socket (like asyncio's cached peername).  Callbacks run while
         # the fd is open; nothing can be sent.
@@ -179,14 +185,15 @@ class Closer:
             conn._peer = loop.addresses.peer(fd)
         if conn._local is None:
             conn._local = loop.addresses.local(fd)
+        protocol, handler = protocol_of(loop, conn), handler_of(loop, conn)
         try:
-            loop.protocol.connection_lost(conn, error)
+            protocol.connection_lost(conn, error)
         except Exception:
-            log.exception("%s.connection_lost raised", type(loop.protocol).__name__)
+            log.exception("%s.connection_lost raised", type(protocol).__name__)
         try:
-            loop.handler.on_close(conn, error)
+            handler.on_close(conn, error)
         except Exception:
-            log.exception("%s.on_close raised", type(loop.handler).__name__)
+            log.exception("%s.on_close raised", type(handler).__name__)
         conn._fd = -1          # before the number can be reused by another accept
         if linger and not conn._eof and not self.stop_deadline_passed():
             if conn._shut != 2:

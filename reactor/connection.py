@@ -34,7 +34,7 @@ class Connection:
 
     __slots__ = ("_fd", "_loop", "_state", "_q", "_parts", "_dirty", "_out", "_in", "_last",
                  "_peer", "_local", "_shut", "_paused", "_eof", "_error", "_reason", "_tls",
-                 "_deadline", "_posted", "_bye", "_held", "context", "protocol_state")
+                 "_deadline", "_posted", "_bye", "_held", "_side", "context", "protocol_state")
 
     def __init__(self, loop: EventLoop, fd: int, now: float) -> None:
         self._fd = fd
@@ -58,6 +58,7 @@ class Connection:
         self._posted = 0                      # bytes sent from other threads, not yet queued
         self._bye: Any = None                 # (protocol goodbye reason, TLS close_notify) due
         self._held: Any = None                # deferred.Chain while a Future reply is pending
+        self._side: Any = None                # outbound.Side of a dialed connection; None: accepted
         self.context: Any = None
         """Free for the user: per-connection state."""
         self.protocol_state: Any = None

@@ -31,11 +31,12 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._native import (KIND_CONN, KIND_LISTEN, KIND_WAKE, R_ACCEPT, R_ACCEPT_ERROR, R_EOF, R_ERROR,
-                      check, configure_codec, ffi, lib)
+                      R_READABLE, R_WRITABLE, check, configure_codec, ffi, lib)
 from .admission import ADDR_ENTRY, fd_table_size
 from .closing import Closer
 from .connection import CLOSED, OPEN, Connection
 from .deferred import Deferrals, calling_promise, is_deferred
+from .dialing import Dialer
 from .errors import OutputLimitExceeded
 from .output import Output
 from .poller import Poller
@@ -98,6 +99,7 @@ class EventLoop:
         self.reader = Reader(self, plan, opts.view_threshold, opts.read_buffer_size,
                              getattr(self.protocol, "max_pending", 16 << 20))
         self.closer = Closer(self)
+        self.dialer = Dialer(self)
         self.addresses: Any = None
 
     # ------------------------------------------------------------------------------------
@@ -158,6 +160,8 @@ class EventLoop:
             if fn == self.adopt_now:
                 lib.pg_close(args[0])
                 self.server.admission.released()
+            elif fn == self.dialer.begin:
+                self.dialer.fail(args[0], ConnectionAbortedError("the event loop stopped"))
         for fd in list(self.closer.draining):
             self.closer.drained(fd)
         self._poller.close()
@@ -200,6 +204,27 @@ class EventLoop:
         timer = Timer(monotonic() + interval, interval, fn, args)
         self._schedule(timer)
         return timer
+
+    def connect(self, address: str, handler: Any, *, network: str = "tcp", protocol: Any = None,
+                timeout: float | None = None, ssl: Any = None,
+                server_hostname: str | None = None) -> Connection:
+        """Dial `address` from this loop (thread-safe, never blocks; see reactor.dialing) and
+        return the connection at once: `handler.on_connect(conn)` runs once connected, a failed
+        dial runs only `handler.on_close(conn, error)` (TimeoutError after `timeout` s).
+        `send()` before that queues in order.  `ssl`: a client SSLContext (or True), verified
+        against `server_hostname` (default: the host dialed)."""
+        return self.dialer.connect(address, handler, network=network, protocol=protocol,
+                                   timeout=timeout, ssl=ssl, server_hostname=server_hostname)
+
+    @property
+    def stopping(self) -> bool:
+        """The loop began to stop (it takes no new dials)."""
+        return self._stopping
+
+    @property
+    def finished(self) -> bool:
+        """The loop has stopped and released its resources."""
+        return self._inbox_closed
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run fn(*args) on this loop's thread at the next turn (this one's inbox drain, when
@@ -371,6 +396,8 @@ class EventLoop:
             self.server.admission.on_accept_error(self, fd, a)
         elif code in (R_EOF, R_ERROR):
             self.closer.drained(fd)
+        elif code in (R_WRITABLE, R_READABLE):
+            self.dialer.ready(fd)             # a dial in progress: connected or failed
         # R_WAKE: the inbox is drained after the rows; rows of closed fds are dropped
 
     # ------------------------------------------------------------------------------------
@@ -514,6 +541,7 @@ class EventLoop:
         self._stopping = True
         if self.index == 0:
             self.server.admission.close_listeners()
+        self.dialer.stop()
         self.closer.begin_stop(timeout)
 
     def _stop_step(self) -> bool:

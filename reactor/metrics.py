@@ -22,8 +22,10 @@ every worker, keeping the counters of workers that died, so one scrape of the pa
 whole server.  Figures from a worker may therefore lag by up to one publish interval.
 
 Exposed families (counters get prometheus_client's `_total` suffix on the wire):
-`pygev_connections` (gauge), `pygev_connections_accepted`, `pygev_connections_closed{reason}`,
-`pygev_received_bytes`, `pygev_sent_bytes`, `pygev_backpressure_pauses`,
+`pygev_connections` (gauge, accepted and dialed), `pygev_connections_open{direction}` (gauge,
+"inbound" / "outbound"), `pygev_connections_accepted`, `pygev_connections_opened{direction}`,
+`pygev_dial_failures`, `pygev_connections_closed{reason}`, `pygev_received_bytes`,
+`pygev_sent_bytes`, `pygev_backpressure_pauses`,
 `pygev_loop_turn_seconds` (histogram); with workers also `pygev_workers` (gauge) and
 `pygev_worker_restarts`.
 """
@@ -75,8 +77,24 @@ class StatsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self._read_stats()
-        yield GaugeMetricFamily("pygev_connections", "Open connections.", value=s["connections"])
+        outbound = s.get("outbound", 0)
+        yield GaugeMetricFamily("pygev_connections", "Open connections (accepted and dialed).",
+                                value=s["connections"] + outbound)
         yield CounterMetricFamily("pygev_connections_accepted", "Connections accepted.", value=s["accepted"])
+        by_direction = GaugeMetricFamily("pygev_connections_open", "Open connections, by direction.",
+                                         labels=["direction"])
+        by_direction.add_metric(["inbound"], s["connections"])
+        by_direction.add_metric(["outbound"], outbound)
+        yield by_direction
+        opened = CounterMetricFamily("pygev_connections_opened",
+                                     "Connections accepted (inbound) or dialed (outbound).",
+                                     labels=["direction"])
+        opened.add_metric(["inbound"], s["accepted"])
+        opened.add_metric(["outbound"], s.get("dialed", 0))
+        yield opened
+        yield CounterMetricFamily("pygev_dial_failures",
+                                  "Dials that did not connect (refused, timed out, no address).",
+                                  value=s.get("dial_failed", 0))
         closed = CounterMetricFamily(
             "pygev_connections_closed", "Connections closed, by reason.", labels=["reason"]
         )

@@ -31,6 +31,24 @@ def _number(name: str, value: Any, *, minimum: float | None = None, integer: boo
         raise ValueError(f"{name} must be {'>' if exclusive else '>='} {minimum}, got {value}")
 
 
+check_number = _number
+
+
+def check_handler(handler: Any, protocol: Any) -> None:
+    """A handler and a protocol that are instances of the right kind (TypeError otherwise)."""
+    if isinstance(handler, type):
+        raise TypeError(f"handler must be an instance, not the class {handler.__name__} "
+                        f"(write {handler.__name__}())")
+    if not callable(getattr(handler, "on_message", None)):
+        raise TypeError(f"handler must be a reactor.Handler (or have on_message), "
+                        f"not {type(handler).__name__}")
+    if isinstance(protocol, type):
+        raise TypeError(f"protocol must be an instance, not the class {protocol.__name__} "
+                        f"(write {protocol.__name__}())")
+    if protocol is not None and not callable(getattr(protocol, "unpacket", None)):
+        raise TypeError(f"protocol must be a reactor.Protocol, not {type(protocol).__name__}")
+
+
 def check_port(name: str, address: str) -> None:
     """`host:port` with a port in 0-65535 (ValueError naming `name` otherwise)."""
     host, sep, port = address.rpartition(":")
@@ -131,4 +149,4 @@ class ServerOptions:
 OPTION_NAMES = tuple(f.name for f in fields(ServerOptions))
 
 __all__ = ["BALANCERS", "LoadBalance", "NETWORKS", "Network", "OPTION_NAMES", "ServerOptions",
-           "check_port"]
+           "check_handler", "check_number", "check_port"]

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ringbuf import RingBuffer
 
 from ._native import O_ARENA, O_BLOB, O_FRAME, O_PTR, ffi, lib
+from .callbacks import output_hook
 from .connection import CLOSED
 from .deferred import Deferrals, is_deferred
 from .protocol import NativePlan
@@ -388,6 +389,7 @@ class Output:
         if not conn._paused & 1 and len(conn._out) > self._high:
             conn._paused |= 1
             self.backpressure_pauses += 1
+            output_hook(self._loop, conn, "on_high_water")
         self._loop.update_interest(conn)
 
     def write_ring(self, conn: Connection) -> None:
@@ -406,10 +408,13 @@ class Output:
         if len(ring):
             if conn._paused & 1 and len(ring) <= self._low:
                 conn._paused &= ~1
+                output_hook(loop, conn, "on_drain")
             self._want_write(conn)
         else:
             conn._out = None
-            conn._paused &= ~1
+            if conn._paused & 1:
+                conn._paused &= ~1
+                output_hook(loop, conn, "on_drain")
             loop.update_interest(conn)
             loop.closer.after_write(conn)
 

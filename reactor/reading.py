@@ -247,7 +247,10 @@ class Reader:
         elif code == R_READABLE:
             if conn._state == OPEN:
                 conn._last = loop.now
-                self._read_into_ring(conn)
+                if conn._side is None:
+                    self._read_into_ring(conn)
+                else:
+                    conn._side.read(conn)       # a dialed connection reads with its own handler
         elif code == R_EOF:
             loop.closer.peer_eof(conn)
         elif code == R_ERROR:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+import zlib
 from typing import Any, Callable
 
 from ._native import F_NODELAY
@@ -14,7 +15,7 @@ from .admission import Admission, format_address
 from .coroutines import AsyncRunner, CoroutineHandler, coroutine_callbacks
 from .handler import Handler
 from .loop import EventLoop
-from .options import OPTION_NAMES, LoadBalance, Network, ServerOptions
+from .options import OPTION_NAMES, LoadBalance, Network, ServerOptions, check_handler
 from .protocol import DefaultProtocol, Protocol
 from .stats import collect
 from .timers import Timer
@@ -74,17 +75,7 @@ class Server:
                  frame_timeout: float = 30.0, handshake_timeout: float | None = 10.0,
                  ssl: Any = None, slow_callback: float | None = 0.1,
                  max_pending_replies: int = 64) -> None:
-        if isinstance(handler, type):
-            raise TypeError(f"handler must be an instance, not the class {handler.__name__} "
-                            f"(write {handler.__name__}())")
-        if not callable(getattr(handler, "on_message", None)):
-            raise TypeError(f"handler must be a reactor.Handler (or have on_message), "
-                            f"not {type(handler).__name__}")
-        if isinstance(protocol, type):
-            raise TypeError(f"protocol must be an instance, not the class {protocol.__name__} "
-                            f"(write {protocol.__name__}())")
-        if protocol is not None and not callable(getattr(protocol, "unpacket", None)):
-            raise TypeError(f"protocol must be a reactor.Protocol, not {type(protocol).__name__}")
+        check_handler(handler, protocol)
         high_ok = isinstance(write_high_water, int) and not isinstance(write_high_water, bool)
         if write_low_water is None:
             write_low_water = write_high_water // 4 if high_ok else 0
@@ -139,6 +130,7 @@ class Server:
         self._bg_error: BaseException | None = None
         self._stop_hooks: list[Callable[[float | None], None]] = []
         self.worker_pool: Any = None
+        self.listens = True               # a Client has loops and no listener
 
     def __repr__(self) -> str:
         state = "serving" if self._serving else "stopped" if self._stop_requested else "not started"
@@ -187,9 +179,18 @@ class Server:
                 self._executor = ThreadPoolExecutor(thread_name_prefix="reactor-executor")
             return self._executor
 
+    def connect(self, address: str, handler: Handler, **options: Any) -> Any:
+        """Dial `address` on a loop the load balancer picks; see EventLoop.connect for the
+        options (network, protocol, timeout, ssl, server_hostname).  Thread-safe."""
+        if self.workers > 1:
+            raise RuntimeError("Server.connect() with workers > 1: the parent runs no loop; dial "
+                               "from a worker with conn.loop.connect() (or in Handler.on_start)")
+        key = zlib.crc32(address.encode()) if isinstance(address, str) else 0
+        return self.admission.pick(key).connect(address, handler, **options)
+
     def stats(self) -> dict[str, Any]:
         """This process's counters (what reactor.metrics exports), read without locks."""
-        return collect(self._loops, self.connection_count)
+        return collect(self._loops, self.admission.count)
 
     def start(self) -> None:
         """Serve until stop() is called (from another thread, a handler, a timer or a signal).
@@ -348,8 +349,10 @@ class Server:
             return
         opened: list[EventLoop] = []
         admission = self.admission
+        started = False
         try:
-            admission.bind()
+            if self.listens:
+                admission.bind()
             admission.open()
             for loop in self._loops:
                 loop.open(admission.addresses)
@@ -359,24 +362,42 @@ class Server:
                 self._loops[0].add_listener(sock.fileno(), admission.nodelay, F_NODELAY)
             if self._runner is not None:
                 self._runner.start()
+            on_start = getattr(self.handler, "on_start", None)
+            if on_start is not None:
+                on_start(self)          # this thread runs the first loop; nothing served yet
+            started = True
             self._publish_ready()
         except BaseException:
             for loop in opened:
                 loop.teardown()
             self._cleanup()
+            if started:
+                self._on_stop()
             raise
         for loop in self._loops[1:]:
             t = threading.Thread(target=loop.run, name=f"reactor-loop-{loop.index}", daemon=True)
             self._threads.append(t)
             t.start()
-        log.info("serving on %s with %d loop(s)", self.address, self.num_loops)
+        log.info("serving on %s with %d loop(s)", self.address if self.listens else "no listener",
+                 self.num_loops)
         try:
             self._loops[0].run()
         finally:
             for t in self._threads:
                 t.join()
             self._threads.clear()
+            self._on_stop()
             self._cleanup()
+
+    def _on_stop(self) -> None:
+        """Handler.on_stop once the loops finished (every connection is closed)."""
+        on_stop = getattr(self.handler, "on_stop", None)
+        if on_stop is None:
+            return
+        try:
+            on_stop(self)
+        except Exception:
+            log.exception("%s.on_stop raised", type(self.handler).__name__)
 
     def _serve_workers(self) -> None:
         """workers > 1: this process supervises forked workers (each runs `worker_copy()`)."""

@@ -1,5 +1,7 @@
 """Stats: the plain counters the loops bump, summed for metrics at scrape time (no locks: a
-scrape may see one turn's counters half-updated, which a monotonic counter tolerates)."""
+scrape may see one turn's counters half-updated, which a monotonic counter tolerates).
+`connections` / `accepted` are inbound (accepted) connections; `outbound` / `dialed` /
+`dial_failed` count the dialed ones (loop.connect)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,9 @@ def empty_stats() -> Stats:
     return {
         "connections": 0,
         "accepted": 0,
+        "outbound": 0,
+        "dialed": 0,
+        "dial_failed": 0,
         "closed": {reason: 0 for reason in CLOSE_REASONS},
         "received_bytes": 0,
         "sent_bytes": 0,
@@ -38,7 +43,9 @@ def add_stats(total: Stats, part: Stats, *, counters_only: bool = False) -> None
     in every process); `counters_only` leaves the `connections` gauge out (for dead workers)."""
     if not counters_only:
         total["connections"] += part.get("connections", 0)
-    for key in ("accepted", "received_bytes", "sent_bytes", "backpressure_pauses", "turn_count"):
+        total["outbound"] += part.get("outbound", 0)
+    for key in ("accepted", "dialed", "dial_failed", "received_bytes", "sent_bytes",
+                "backpressure_pauses", "turn_count"):
         total[key] += part.get(key, 0)
     total["turn_sum"] += part.get("turn_sum", 0.0)
     closed = total["closed"]
@@ -55,10 +62,15 @@ def collect(loops: list[EventLoop], connections: int) -> dict[str, Any]:
     """Counters summed over one process's loops, in the shape reactor.metrics exports."""
     closed: dict[str, int] = {}
     turn_counts = [0] * (len(TURN_BUCKETS) + 1)
-    stats: dict[str, Any] = {"connections": connections, "accepted": 0, "received_bytes": 0,
-                             "sent_bytes": 0, "backpressure_pauses": 0, "turn_sum": 0.0}
+    stats: dict[str, Any] = {"connections": connections, "accepted": 0, "outbound": 0, "dialed": 0,
+                             "dial_failed": 0, "received_bytes": 0, "sent_bytes": 0,
+                             "backpressure_pauses": 0, "turn_sum": 0.0}
     for loop in loops:
         stats["accepted"] += loop.accepted
+        dialer = loop.dialer
+        stats["outbound"] += dialer.open
+        stats["dialed"] += dialer.dialed
+        stats["dial_failed"] += dialer.failed
         stats["received_bytes"] += loop.received_bytes
         stats["sent_bytes"] += loop.sent_bytes
         stats["backpressure_pauses"] += loop.backpressure_pauses

@@ -18,20 +18,30 @@ from typing import Any
 
 
 class TlsSession:
-    """Server side of one TLS connection, with no socket of its own."""
+    """One side of one TLS connection (the server's by default), with no socket of its own."""
 
     __slots__ = ("_obj", "_incoming", "_outgoing", "ready", "_pending", "pending", "closed_by_peer",
                  "_shut")
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    def __init__(self, context: ssl.SSLContext, server_side: bool = True,
+                 server_hostname: str | None = None) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self._obj = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._obj = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
+                                     server_hostname=server_hostname)
         self.ready = False                  # the handshake is done
         self._pending: list[bytes] = []     # plaintext sent before the handshake finished
         self.pending = 0                    # its size in bytes
         self.closed_by_peer = False         # the peer sent close_notify
         self._shut = False
+
+    def start(self) -> bytes:
+        """The client's first flight (ClientHello): the records to send once connected."""
+        try:
+            self._obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        return self._outgoing.read()
 
     def feed(self, data: Any) -> bytes:
         """Decrypt received bytes; returns the plaintext now available (maybe b"").

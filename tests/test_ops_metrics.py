@@ -114,7 +114,10 @@ def test_exported_sample_names_as_they_appear_in_the_scrape() -> None:
         samples = scrape(srv.metrics_address)
     assert {name.split("{")[0] for name in samples} == {
         "pygev_connections",
+        "pygev_connections_open",
         "pygev_connections_accepted_total",
+        "pygev_connections_opened_total",
+        "pygev_dial_failures_total",
         "pygev_connections_closed_total",
         "pygev_received_bytes_total",
         "pygev_sent_bytes_total",
