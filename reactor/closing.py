@@ -17,7 +17,9 @@ Rules (each written where it is carried out below):
 - abort(): a reset or an output error: no flush, no goodbye, no drain.
 - A peer FIN (peer_eof) stops reading; `Handler.on_eof` returning True keeps the connection
   open for sending, otherwise it closes as close() would, after its queued output - and after
-  its pending deferred replies (deferred.py); any other close cancels those.
+  its pending deferred replies (deferred.py), the messages waiting behind them handled first.
+  close() also waits for pending deferred replies (not for waiting messages), at most LINGER
+  seconds without progress; stop, errors, timeouts and resets cancel them.
 - stop: every connection closes with reason "stop"; queued output is flushed for at most the
   stop timeout (STOP_LIMIT for timeout=None, so a reader that keeps trickling cannot hold
   stop() forever), a flush making no progress for LINGER seconds is dropped before that.
@@ -109,8 +111,23 @@ class Closer:
         conn._state = CLOSING
         conn._error = error
         conn._reason = reason
+        held = conn._held
+        if held is not None:
+            if reason == "local":         # close() after Futures: their replies go out first,
+                held.waiting.clear()      # nothing more is read; no progress for LINGER: dropped
+                self.lingering.add(conn)
+            else:
+                self.drop_held(conn)
         loop.update_interest(conn)
         loop.out.mark(conn)           # the flush writes what is queued, then finishes
+
+    def drop_held(self, conn: Connection) -> None:
+        """Cancel a connection's pending deferred replies (deferred.py): nothing is sent for them."""
+        held = conn._held
+        if held is not None:
+            held.cancel()
+            conn._held = None
+            conn._q = None
 
     def goodbye(self, conn: Connection) -> None:
         """At the flush of a closing connection, after the replies of its last turn: the
@@ -155,7 +172,7 @@ class Closer:
         if conn._shut == 1:
             conn._shut = 2
             lib.pg_shutdown_write(conn._fd)
-        if conn._state == CLOSING:
+        if conn._state == CLOSING and conn._held is None:     # pending replies first
             self._finish(conn, linger=True)
 
     def count(self, reason: str) -> None:
@@ -169,10 +186,8 @@ class Closer:
         fd = conn._fd
         loop.conns.pop(fd, None)
         self.lingering.discard(conn)
+        self.drop_held(conn)                      # pending Futures: cancelled, results dropped
         conn._out = conn._in = conn._q = conn._parts = None
-        if conn._held is not None:
-            conn._held.cancel()                   # pending Futures: cancelled, results dropped
-            conn._held = None
         self.count(conn._reason)
         if conn._side is None:
             loop.server.admission.released()
@@ -252,6 +267,9 @@ class Closer:
     def begin_stop(self, timeout: float | None) -> None:
         self.stop_deadline = monotonic() + (STOP_LIMIT if timeout is None else timeout)
         for conn in list(self._loop.conns.values()):
+            if conn._state != OPEN and conn._held is not None:
+                self.drop_held(conn)              # stop cancels what close() was waiting for
+                self._loop.out.mark(conn)
             self.close(conn, None, "stop")
 
     def stop_deadline_passed(self) -> bool:

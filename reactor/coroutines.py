@@ -74,6 +74,10 @@ class AsyncRunner:
         self.loop, self._own = loop, False
         self._loop_thread = threading.get_ident()
 
+    def on_its_thread(self) -> bool:
+        """True on the thread that runs the asyncio loop (stop() there must not block)."""
+        return self.loop is not None and threading.get_ident() == self._loop_thread
+
     def start(self) -> None:
         """Start an asyncio loop in a thread of its own, unless one was borrowed."""
         if self.loop is not None:
@@ -106,8 +110,8 @@ class AsyncRunner:
         loop = self.loop
         if loop is None or loop.is_closed():
             return
-        if threading.get_ident() == self._loop_thread:
-            loop.call_soon(self._cancel_all)     # stop() from a coroutine: cannot wait here
+        if self.on_its_thread():
+            loop.call_soon(self._cancel_all)     # cannot wait for the loop from inside it
             return
         try:
             done = asyncio.run_coroutine_threadsafe(self._drain(wait), loop)
@@ -162,8 +166,7 @@ class AsyncRunner:
         with self._lock:
             batch, self._batch = self._batch, []
             self._scheduled = False
-        loop = self.loop
-        assert loop is not None
+        loop = asyncio.get_running_loop()
         for fn, args, promise in batch:
             if promise is not None and promise.cancelled:
                 continue                    # its connection is gone: never made, never awaited

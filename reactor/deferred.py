@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 from asyncio import isfuture
+from inspect import iscoroutine
 from contextvars import ContextVar
 from collections import deque
 from concurrent.futures import CancelledError
@@ -44,6 +45,7 @@ log = logging.getLogger("reactor.deferred")
 
 GATE = 4                    # conn._paused bit: too many replies pending, the socket is not read
 _REPLY, _RAW = 0, 1
+_SOURCE = "a deferred reply"
 
 
 class Promise:
@@ -147,9 +149,12 @@ class Chain:
         """The connection finished: cancel what is pending, drop what is held (loop thread)."""
         self.dead = True
         for e in self.entries:
-            if type(e) is Slot and not e.done and e.future is not None:
-                _cancel(e.future)
-                e.future = None
+            if type(e) is Slot:
+                if not e.done and e.future is not None:
+                    _cancel(e.future)
+                    e.future = None
+            elif iscoroutine(e[1]):
+                e[1].close()            # a wrong reply held behind a Future: never awaited
         self.entries.clear()
         self.waiting.clear()
 
@@ -189,7 +194,7 @@ class Deferrals:
                     raise error                   # closes the connection, as a raise would
                 if chain is None:
                     if result is not None:
-                        self._loop.out.reply(conn, result, "a deferred reply")
+                        self._reply_now(conn, result)
                     return
                 data = result
                 if data is None:
@@ -229,7 +234,7 @@ class Deferrals:
         conn._q = None
         try:
             if kind == _REPLY:
-                out.reply(conn, data, "send()")
+                self._reply_now(conn, data)
             else:
                 out.raw(conn, data)
             out.seal_pending(conn)
@@ -333,8 +338,12 @@ class Deferrals:
         """Write what is ready, then hand over the messages that waited while the gate was shut."""
         conn = chain.conn
         reader = self._loop.reader
-        while conn._state == OPEN and conn._held is chain:
+        while conn._state != CLOSED and conn._held is chain:
             self._release(chain)
+            if conn._state != OPEN:
+                if conn._held is None:
+                    self._loop.out.mark(conn)     # closing: the flush finishes it now
+                return
             if chain.gated and chain.unfinished < self._max and not chain.barriers:
                 chain.gated = False
             if chain.gated or not chain.waiting:
@@ -349,6 +358,14 @@ class Deferrals:
         if chain.close_after and conn._held is None and conn._state == OPEN:
             self._loop.closer.close(conn, None, "peer")
 
+    def _reply_now(self, conn: Connection, data: Any) -> None:
+        """A reply through the connection's protocol: the loop's, or a dialed one's own."""
+        side = conn._side
+        if side is None:
+            self._loop.out.reply(conn, data, _SOURCE)
+        else:
+            side.queue(conn, data, True, _SOURCE)
+
     def _release(self, chain: Chain) -> None:
         """Write the chain's head up to its first unfinished Slot; close it when empty."""
         conn = chain.conn
@@ -356,21 +373,21 @@ class Deferrals:
         entries = chain.entries
         conn._held = None                 # what follows goes through the ordinary output path
         conn._q = None
-        source = "a deferred reply"
         try:
-            while entries and conn._state == OPEN:
+            while entries and conn._state != CLOSED:
                 e = entries[0]
                 if type(e) is Slot:
                     before, e.before = e.before, None
                     for kind, data in before or ():   # its coroutine's sends: at the head now
                         if kind == _REPLY:
-                            out.reply(conn, data, source)
+                            self._reply_now(conn, data)
                         else:
                             out.raw(conn, data)
                     if not e.done:
                         break
                     entries.popleft()
                     if e.error is not None:
+                        chain.cancel()            # the rest is dropped with the connection
                         self._loop.closer.fail(conn, e.error)
                         return
                     result = e.result
@@ -382,15 +399,16 @@ class Deferrals:
                         chain.unfinished += 1
                         self._watch(chain, e)
                         break
-                    out.reply(conn, result, source)
+                    self._reply_now(conn, result)
                 else:
                     entries.popleft()
                     kind, data = e
                     if kind == _REPLY:
-                        out.reply(conn, data, source)
+                        self._reply_now(conn, data)
                     else:
                         out.raw(conn, data)
         except Exception as exc:        # a result that is not a reply (TypeError), packet() raising
+            chain.cancel()
             self._loop.closer.fail(conn, exc)
             return
         finally:

@@ -25,6 +25,7 @@ from ringbuf import RingBuffer, ViewBuffer
 
 from .arena import RingRun
 from .connection import CLOSED, OPEN, Connection, ConnectionClosed
+from .deferred import GATE, is_deferred
 from .errors import ProtocolError
 from .output import bytes_like
 
@@ -87,7 +88,11 @@ class Side:
         self.queue(conn, data, packet, "send()")
 
     def queue(self, conn: Connection, data: Any, packet: bool, source: str) -> None:
-        """Frame `data` with this connection's protocol and queue it as raw bytes."""
+        """Frame `data` with this connection's protocol and queue it as raw bytes.  A Future,
+        or a reply while one is pending, waits in order (deferred.py; framed when released)."""
+        if (type(data) is not bytes and is_deferred(data)) or (packet and conn._held is not None):
+            conn._loop.deferrals.hold(conn, data)
+            return
         if packet and not self.passthrough:
             data = self.protocol.packet(conn, data)
             if data is None:
@@ -215,12 +220,17 @@ class Side:
         elif conn._deadline is None:
             conn._deadline = loop.now + loop.frame_timeout
 
+    def resume(self, conn: Connection) -> None:
+        """Deferred replies' gate opened: parse what waits in the input ring."""
+        if conn._in is not None and len(conn._in) and conn._state == OPEN:
+            self._unpack_ring(conn)
+
     def _unpack(self, conn: Connection, buf: Any) -> None:
         unpacket = self.protocol.unpacket
         on_message = self.handler.on_message
         closer = conn._loop.closer
         view_min = self.view_min
-        while conn._state == OPEN:
+        while conn._state == OPEN and not conn._paused & GATE:
             before = len(buf)
             try:
                 msg = unpacket(conn, buf)

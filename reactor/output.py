@@ -295,7 +295,7 @@ class Output:
                     continue
                 self._add(conn, data)             # large: pinned, then the general path
                 q.clear()
-            if conn._bye is not None:
+            if conn._bye is not None and conn._held is None:   # after deferred replies
                 loop.closer.goodbye(conn)
             if conn._held is None:
                 if conn._q:

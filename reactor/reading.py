@@ -280,6 +280,9 @@ class Reader:
 
     def resume(self, conn: Connection) -> None:
         """The gate opened: parse what waits in the input ring (deferred.py)."""
+        if conn._side is not None:
+            conn._side.resume(conn)           # a dialed connection parses its own input
+            return
         ring = conn._in
         if ring is None or not len(ring) or conn._state != OPEN:
             return

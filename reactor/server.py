@@ -207,7 +207,8 @@ class Server:
     def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: stop accepting, flush queued output for at most `timeout` seconds
         (None: at most 30 s, dropping a peer that makes no progress for 5 s), close every
-        connection, join the loop threads.  Thread-safe, idempotent, callable from handlers."""
+        connection, join the loop threads.  Thread-safe, idempotent; from a handler, a timer or a
+        coroutine it returns at once (the loops finish after it: `await srv.wait_closed()`)."""
         with self._lock:
             first = not self._stop_requested
             self._stop_requested = True
@@ -220,8 +221,9 @@ class Server:
         if not serving:
             self._set_done()
             return
-        if any(loop.in_loop_thread() for loop in self._loops):
-            return      # called from a callback: the loops finish after it returns
+        if any(loop.in_loop_thread() for loop in self._loops) or (
+                self._runner is not None and self._runner.on_its_thread()):
+            return      # from a callback or a coroutine: the loops finish after it returns
         self._wait_done()
         bg = self._bg
         if bg is not None and bg is not threading.current_thread():
