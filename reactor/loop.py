@@ -30,7 +30,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._native import (KIND_CONN, KIND_LISTEN, KIND_WAKE, R_ACCEPT, R_ACCEPT_ERROR, R_EOF, R_ERROR,
-                      check, configure_codec, ffi, lib)
+                      R_UDP, check, configure_codec, ffi, lib)
 from .admission import ADDR_ENTRY, fd_table_size
 from .closing import Closer
 from .connection import CLOSED, OPEN, Connection
@@ -95,6 +95,8 @@ class EventLoop:
                              getattr(self.protocol, "max_pending", 16 << 20))
         self.closer = Closer(self)
         self.addresses: Any = None
+        self.datagrams: dict[int, Any] = {}         # fd -> udp.UdpEndpoint (UDP sockets, udp.py)
+        self.datagrams_dropped: dict[str, int] = {}  # datagrams dropped, by reason
 
     # ------------------------------------------------------------------------------------
     # set-up and tear-down
@@ -156,6 +158,8 @@ class EventLoop:
                 self.server.admission.released()
         for fd in list(self.closer.draining):
             self.closer.drained(fd)
+        for ep in list(self.datagrams.values()):
+            ep.close()
         self._poller.close()
         lib.pg_close(self._wake_r)
         if self._wake_w != self._wake_r:
@@ -357,13 +361,17 @@ class EventLoop:
                     phases[slowest], what[slowest])
 
     def orphan_row(self, fd: int, a: int, b: int, code: int) -> None:
-        """A row without a connection: accepts, accept errors, and lingering closes."""
+        """A row without a connection: accepts, accept errors, lingering closes, UDP sockets."""
         if code == R_ACCEPT:
             self.server.admission.on_accept(self, a, b)
         elif code == R_ACCEPT_ERROR:
             self.server.admission.on_accept_error(self, fd, a)
         elif code in (R_EOF, R_ERROR):
             self.closer.drained(fd)
+        elif code == R_UDP:
+            ep = self.datagrams.get(fd)
+            if ep is not None:
+                ep.ready(a)
         # R_WAKE: the inbox is drained after the rows; rows of closed fds are dropped
 
     # ------------------------------------------------------------------------------------
@@ -504,6 +512,8 @@ class EventLoop:
         self._stopping = True
         if self.index == 0:
             self.server.admission.close_listeners()
+        for ep in list(self.datagrams.values()):
+            ep.stop()
         self.closer.begin_stop(timeout)
 
     def _stop_step(self) -> bool:
