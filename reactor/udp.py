@@ -399,6 +399,9 @@ class UdpEndpoint:
     def post(self, peer: UdpPeer, data: Any) -> None:
         """send() from another thread: copied now, counted in pending_write, queued by the loop."""
         data = _datagram(data, "send()")
+        if len(data) > self._max:
+            raise ValueError(f"send(): a datagram of {len(data)} bytes exceeds the UDP maximum "
+                             f"of {self._max}")
         loop = self.loop
         with loop._inbox_lock:
             peer._posted += len(data)
