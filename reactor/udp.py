@@ -345,7 +345,7 @@ class UdpEndpoint:
         """Forget the peer (its queued datagrams still leave) and run on_close once."""
         if peer._state == CLOSED:
             return
-        peer.peer_addr                      # decoded now: kept after close
+        peer._peer = peer.peer_addr         # decoded now: kept after close
         peer._state = CLOSED
         peer._error = error
         peer._reason = reason
