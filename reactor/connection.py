@@ -15,6 +15,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConnectionClosed
+from .filesend import sendfile as _sendfile
 
 if TYPE_CHECKING:
     from .loop import EventLoop
@@ -87,6 +88,18 @@ class Connection:
             loop.send(self, data, False)
         else:
             loop.post_send(self, data, False)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> None:
+        """Queue `count` bytes (None: to the end) of `file` (a file object or a descriptor)
+        from `offset`, after everything queued, from any thread.  Sent by sendfile(2) without
+        passing through Python (TLS: read and encrypted in chunks); the bytes count in
+        pending_write until sent.  The file is not closed (pygev sends from a duplicate of its
+        descriptor, so it may be closed at once).  Bad arguments, a directory, a closed file or
+        a region past the end of the file: TypeError / ValueError naming the argument.  A file
+        truncated while queued aborts the connection (OSError ENODATA) after what exists."""
+        if self._state or self._shut:
+            raise ConnectionClosed(f"{self!r} is closed")
+        _sendfile(self, file, offset, count)
 
     def close(self, error: BaseException | None = None) -> None:
         """Close after queued output is flushed (a reply returned by the on_message that calls

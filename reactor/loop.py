@@ -35,6 +35,7 @@ from .admission import ADDR_ENTRY, fd_table_size
 from .closing import Closer
 from .connection import CLOSED, OPEN, Connection
 from .errors import OutputLimitExceeded
+from .filesend import SendQueue
 from .output import Output
 from .poller import Poller
 from .arena import Arena
@@ -382,7 +383,8 @@ class EventLoop:
         when asked, else as raw bytes.  A connection whose unsent output is past write_limit
         (a peer that does not read while others send to it) is dropped instead."""
         ring = conn._out
-        if ring is not None and len(ring) > self._write_limit:
+        if ring is not None and len(ring) > self._write_limit and \
+                getattr(ring, "memory", len(ring)) > self._write_limit:   # queued files are not
             self._over_limit(conn)
             return
         if packet:
@@ -416,7 +418,8 @@ class EventLoop:
         if conn._state == CLOSED:
             return
         readable = conn._state == OPEN and not conn._paused and not conn._eof
-        writable = conn._out is not None
+        out = conn._out
+        writable = out is not None and (type(out) is not SendQueue or not out.stalled)
         if writable and conn._state != OPEN:
             self.closer.lingering.add(conn)
         self._poller.modify(conn._fd, KIND_CONN, readable, writable)

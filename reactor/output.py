@@ -69,6 +69,11 @@ def _framer(plan: NativePlan | None) -> Callable[[list], Any]:
     return frame_header
 
 
+def _held(out: Any) -> int:
+    """Bytes of unsent output held in memory (backpressure): a queued file's are not."""
+    return len(out) if type(out) is RingBuffer else out.memory
+
+
 def bytes_like(data: Any, source: str) -> Any:
     """`data` as an immutable or private bytes-like object, or TypeError naming `source`."""
     t = type(data)
@@ -216,7 +221,7 @@ class Output:
     # ------------------------------------------------------------------------------------
     def pending(self, conn: Connection) -> int:
         """Bytes queued for `conn` in this turn and in its output ring."""
-        n = len(conn._out) if conn._out is not None else 0
+        n = len(conn._out) if conn._out is not None else 0     # file bytes too (filesend.py)
         if conn._q:
             extra = self._hdr_width + len(self._suffix)
             n += sum(len(x) + extra for x in conn._q)
@@ -322,6 +327,10 @@ class Output:
         head = b.to_bytes(width, self._hdr_order) if width else b""
         return b"".join((head, self._loop.arena_view(a, b), self._suffix))
 
+    def spill(self, conn: Connection, parts: list) -> None:
+        """Copy queued parts into the connection's output ring (a file region follows them)."""
+        self._spill(conn, parts, 0)
+
     def _spill(self, conn: Connection, parts: list, skip: int) -> None:
         """Copy what the kernel did not take (all but the first `skip` bytes) into the output ring."""
         ring = conn._out
@@ -355,7 +364,7 @@ class Output:
 
     def _want_write(self, conn: Connection) -> None:
         """Output is waiting in the ring: arm write interest; past the high-water mark, stop reading."""
-        if not conn._paused & 1 and len(conn._out) > self._high:
+        if not conn._paused & 1 and _held(conn._out) > self._high:
             conn._paused |= 1
             self.backpressure_pauses += 1
         self._loop.update_interest(conn)
@@ -374,7 +383,7 @@ class Output:
             loop.closer.abort_errno(conn, -res)
             return
         if len(ring):
-            if conn._paused & 1 and len(ring) <= self._low:
+            if conn._paused & 1 and _held(ring) <= self._low:
                 conn._paused &= ~1
             self._want_write(conn)
         else:

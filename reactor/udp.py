@@ -131,6 +131,9 @@ class UdpPeer(Connection):
             raise ConnectionClosed(f"{self!r} is closed")
         self._shut = 2
 
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> None:
+        raise TypeError("sendfile() needs a stream connection (TCP or unix), not a UDP peer")
+
     def pause_reading(self) -> None:
         self._loop.call_here(self._ep.set_paused, self, True)
 
