@@ -97,7 +97,8 @@ SERVERS: list[ServerSpec] = [
     ServerSpec("pygev-batch", "resp", "pygev examples/resp.py --batch",
                _py(ROOT / "examples" / "resp.py", "--batch")),
     *_peer_pairs(),
-    ServerSpec("pygev", "udp", "pygev examples/udp_echo.py", _py(ROOT / "examples" / "udp_echo.py"), udp=True),
+    ServerSpec("pygev", "udp", "pygev examples/udp_echo.py", _py(ROOT / "examples" / "udp_echo.py"),
+               udp=True),
     *(
         ServerSpec(loop, "udp", f"{loop} DatagramProtocol", _py(PEERS / "udp_echo.py", "--loop", loop),
                    ("uvloop",) if loop == "uvloop" else (), udp=True)
@@ -105,7 +106,8 @@ SERVERS: list[ServerSpec] = [
     ),
     ServerSpec("pygev", "sendfile", "pygev examples/sendfile_server.py (conn.sendfile)",
                _py(ROOT / "examples" / "sendfile_server.py")),
-    ServerSpec("asyncio", "sendfile", "asyncio loop.sendfile", _py(PEERS / "sendfile_server.py", "--loop", "asyncio")),
+    ServerSpec("asyncio", "sendfile", "asyncio loop.sendfile",
+               _py(PEERS / "sendfile_server.py", "--loop", "asyncio")),
     ServerSpec("uvloop", "sendfile", "uvloop: no loop.sendfile; pread + transport.write",
                _py(PEERS / "sendfile_server.py", "--loop", "uvloop"), ("uvloop",)),
     ServerSpec(

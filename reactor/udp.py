@@ -30,14 +30,13 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import sys
-import threading
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from ._native import KIND_UDP, ffi, lib
 from .connection import CLOSED, OPEN, Connection
-from .errors import ConnectionClosed, PeerTimeout
+from .errors import PeerTimeout
+from .udp_peer import UdpPeer, datagram, decode_addr
 
 if TYPE_CHECKING:
     from .handler import Handler
@@ -53,24 +52,12 @@ SLOT_MAX = 65536            # no UDP datagram is longer: a larger read_buffer_si
 DEFAULT_IDLE = 60.0         # idle_timeout=None on a UDP server
 MAX_DATAGRAM = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
-_get_ident = threading.get_ident
 
 NETWORKS = ("udp", "udp4", "udp6")
 
 
 def is_udp(network: str) -> bool:
     return network in NETWORKS
-
-
-def decode_addr(raw: bytes) -> Any:
-    """A PG_UDP_ADDR entry as socket.getpeername() returns it."""
-    family = int.from_bytes(raw[0:2], sys.byteorder)
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, raw[4:8]), int.from_bytes(raw[2:4], "big")
-    if family == socket.AF_INET6:
-        return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), int.from_bytes(raw[2:4], "big"),
-                int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], sys.byteorder))
-    return None
 
 
 def bind_sockets(family: int, sockaddr: Any, count: int, reuse_port: bool) -> list[socket.socket]:
@@ -93,66 +80,6 @@ def bind_sockets(family: int, sockaddr: Any, count: int, reuse_port: bool) -> li
             sock.close()
         raise
     return socks
-
-
-class UdpPeer(Connection):
-    """One UDP peer: every datagram from one address (or the peer of a connected socket).
-    send() queues one datagram; close() forgets the peer; shutdown_write() refuses later
-    sends (UDP has no FIN); pause_reading() drops the peer's datagrams until resumed."""
-
-    __slots__ = ("_key", "_ep", "_queued")
-
-    def __init__(self, ep: UdpEndpoint, key: bytes, now: float) -> None:
-        super().__init__(ep.loop, ep.fd, now)
-        self._key = key
-        self._ep = ep
-        self._queued = 0                    # bytes of this peer's datagrams waiting to be sent
-
-    def send(self, data: Any) -> None:
-        """Queue `data` as one datagram to this peer (any thread); b"" is an empty datagram."""
-        if self._state or self._shut:
-            raise ConnectionClosed(f"{self!r} is closed")
-        ep = self._ep
-        if self._loop.thread_id == _get_ident():
-            ep.queue(self, data, "send()")
-        else:
-            ep.post(self, data)
-
-    send_raw = send
-
-    def close(self, error: BaseException | None = None) -> None:
-        """Forget this peer (its queued datagrams still go out); on_close(conn, error) follows."""
-        if self._state:
-            return
-        self._loop.call_here(self._ep.close_peer, self, error, "local")
-
-    def shutdown_write(self) -> None:
-        if self._state:
-            raise ConnectionClosed(f"{self!r} is closed")
-        self._shut = 2
-
-    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> None:
-        raise TypeError("sendfile() needs a stream connection (TCP or unix), not a UDP peer")
-
-    def pause_reading(self) -> None:
-        self._loop.call_here(self._ep.set_paused, self, True)
-
-    def resume_reading(self) -> None:
-        self._loop.call_here(self._ep.set_paused, self, False)
-
-    @property
-    def peer_addr(self) -> Any:
-        if self._peer is None and self._key:
-            self._peer = decode_addr(self._key)
-        return self._peer
-
-    @property
-    def local_addr(self) -> Any:
-        return self._ep.local
-
-    @property
-    def pending_write(self) -> int:
-        return self._queued + self._posted
 
 
 class UdpEndpoint:
@@ -332,7 +259,6 @@ class UdpEndpoint:
 
     def _drop(self, reason: str, n: int) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
-
     def set_paused(self, peer: UdpPeer, on: bool) -> None:
         if peer._state == OPEN:
             peer._paused = (peer._paused | 2) if on else (peer._paused & ~2)
@@ -383,7 +309,7 @@ class UdpEndpoint:
         """Queue one datagram to `peer` (loop thread).  Not bytes-like: TypeError; longer
         than UDP allows: ValueError (both name `source`)."""
         if type(data) is not bytes:
-            data = _datagram(data, source)
+            data = datagram(data, source)
         n = len(data)
         if n > self._max:
             raise ValueError(f"{source}: a datagram of {n} bytes exceeds the UDP maximum of "
@@ -401,7 +327,7 @@ class UdpEndpoint:
 
     def post(self, peer: UdpPeer, data: Any) -> None:
         """send() from another thread: copied now, counted in pending_write, queued by the loop."""
-        data = _datagram(data, "send()")
+        data = datagram(data, "send()")
         if len(data) > self._max:
             raise ValueError(f"send(): a datagram of {len(data)} bytes exceeds the UDP maximum "
                              f"of {self._max}")
@@ -478,16 +404,31 @@ class UdpEndpoint:
         self.loop.poller.modify(self.fd, KIND_UDP, readable, writable)
 
 
-def _datagram(data: Any, source: str) -> bytes:
-    if type(data) is bytes:
-        return data
-    if isinstance(data, str):
-        raise TypeError(f"{source} gave str; a datagram is bytes (encode it first)")
-    try:
-        return memoryview(data).tobytes()
-    except TypeError:
-        raise TypeError(f"{source} gave {type(data).__name__}, not a bytes-like object "
-                        "(bytes, bytearray, memoryview)") from None
+def _connected_socket(address: Any, network: str) -> socket.socket:
+    """A non-blocking UDP socket connected to the first resolved address that takes it."""
+    if isinstance(address, str):
+        host, sep, port_text = address.rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise ValueError(f"address {address!r} is not host:port")
+        host, port = host.strip("[]"), int(port_text)
+    elif isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+    else:
+        raise TypeError(f"address must be 'host:port' or a (host, port) tuple, not "
+                        f"{type(address).__name__}")
+    family = {"udp4": socket.AF_INET, "udp6": socket.AF_INET6}.get(network, socket.AF_UNSPEC)
+    error: OSError = OSError(f"cannot resolve {address!r}")
+    for fam, _type, proto, _name, sockaddr in socket.getaddrinfo(host or "127.0.0.1", port, family,
+                                                                 socket.SOCK_DGRAM):
+        sock = socket.socket(fam, socket.SOCK_DGRAM, proto)
+        try:
+            sock.setblocking(False)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error
 
 
 def serve(loop: EventLoop, sock: socket.socket) -> UdpEndpoint:
@@ -514,32 +455,7 @@ def dial_udp(loop: EventLoop, address: Any, handler: Handler, *, network: str = 
         raise TypeError("handler must be a reactor.Handler instance")
     if network not in NETWORKS:
         raise ValueError(f"network must be one of {', '.join(NETWORKS)}, not {network!r}")
-    if isinstance(address, str):
-        host, sep, port_text = address.rpartition(":")
-        if not sep or not port_text.isdigit():
-            raise ValueError(f"address {address!r} is not host:port")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        port = int(port_text)
-    elif isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-    else:
-        raise TypeError(f"address must be 'host:port' or a (host, port) tuple, not "
-                        f"{type(address).__name__}")
-    family = {"udp4": socket.AF_INET, "udp6": socket.AF_INET6}.get(network, socket.AF_UNSPEC)
-    infos = socket.getaddrinfo(host or "127.0.0.1", port, family, socket.SOCK_DGRAM)
-    error: OSError | None = None
-    for fam, _type, proto, _name, sockaddr in infos:
-        sock = socket.socket(fam, socket.SOCK_DGRAM, proto)
-        try:
-            sock.setblocking(False)
-            sock.connect(sockaddr)
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        break
-    else:
-        raise error if error is not None else OSError(f"cannot resolve {address!r}")
+    sock = _connected_socket(address, network)
     opts = loop.server.options
     ep = UdpEndpoint(loop, sock, handler, idle=idle_timeout, connected=True,
                      read_max=read_buffer_size, high=opts.write_high_water,
