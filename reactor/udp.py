@@ -151,8 +151,6 @@ class UdpEndpoint:
         self._closed = True
         if self._out:
             self._drop("stop", len(self._out))
-            for peer in self._out_peers:
-                peer._queued = 0
             self._out.clear()
             self._out_peers.clear()
             self._out_bytes = 0
@@ -201,6 +199,9 @@ class UdpEndpoint:
         now = self.loop.now
         ab = self._addrs_buf[:ADDR * n] if self._addrs_buf is not None else None
         self.loop.rx += sum(rows[0::2])
+        out_append = self._out.append
+        peers_append = self._out_peers.append
+        maxd, limit = self._max, self._limit
         for i in range(n):
             length = rows[2 * i]
             key = ab[i * ADDR:(i + 1) * ADDR] if ab is not None else b""
@@ -220,7 +221,14 @@ class UdpEndpoint:
             data = mv[off:off + length].tobytes()
             try:
                 res = on_message(peer, None, data)
-                if res is not None:
+                if res is None:
+                    continue
+                size = len(res) if type(res) is bytes else -1
+                if 0 <= size <= maxd and self._out_bytes + size <= limit:   # common: inline
+                    out_append(res)
+                    peers_append(peer)
+                    self._out_bytes += size
+                else:
                     self.queue(peer, res, self._source)
             except Exception as exc:
                 self.fail(peer, exc)
@@ -320,10 +328,13 @@ class UdpEndpoint:
         self._out.append(data)
         self._out_peers.append(peer)
         self._out_bytes += n
-        peer._queued += n
         peer._last = self.loop.now
         if not self._in_read and not self._writing:
             self._interest(self._reading, True)     # flushed on the writable event
+
+    def queued(self, peer: UdpPeer) -> int:
+        """Bytes of `peer`'s datagrams waiting to be sent (pending_write; any thread)."""
+        return sum([len(d) for d, p in zip(list(self._out), list(self._out_peers)) if p is peer])
 
     def post(self, peer: UdpPeer, data: Any) -> None:
         """send() from another thread: copied now, counted in pending_write, queued by the loop."""
@@ -364,17 +375,15 @@ class UdpEndpoint:
             k = lib.pg_udp_send(self.fd, cblob + off, lens[pos:],
                                 addrs + pos * ADDR if addrs != ffi.NULL else ffi.NULL,
                                 total - pos, err)
-            for i in range(pos, pos + k):
-                peers[i]._queued -= lens[i]
-                off += lens[i]
-                sent_bytes += lens[i]
+            done = sum(lens[pos:pos + k])
+            off += done
+            sent_bytes += done
             pos += k
             if pos < total:
                 e = err[0]
                 if e in _AGAIN:
                     break
                 self._send_failed(peers[pos], e)
-                peers[pos]._queued -= lens[pos]
                 off += lens[pos]
                 pos += 1
         self.loop.out.sent_bytes += sent_bytes

@@ -37,13 +37,12 @@ class UdpPeer(Connection):
     send() queues one datagram; close() forgets the peer; shutdown_write() refuses later
     sends (UDP has no FIN); pause_reading() drops the peer's datagrams until resumed."""
 
-    __slots__ = ("_key", "_ep", "_queued")
+    __slots__ = ("_key", "_ep")
 
     def __init__(self, ep: UdpEndpoint, key: bytes, now: float) -> None:
         super().__init__(ep.loop, ep.fd, now)
         self._key = key
         self._ep = ep
-        self._queued = 0                    # bytes of this peer's datagrams waiting to be sent
 
     def send(self, data: Any) -> None:
         """Queue `data` as one datagram to this peer (any thread); b"" is an empty datagram."""
@@ -89,7 +88,7 @@ class UdpPeer(Connection):
 
     @property
     def pending_write(self) -> int:
-        return self._queued + self._posted
+        return self._ep.queued(self) + self._posted
 
 
 def datagram(data: Any, source: str) -> bytes:
