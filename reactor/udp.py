@@ -242,6 +242,7 @@ class UdpEndpoint:
             return None
         peer = UdpPeer(self, key, self.loop.now)
         self.peers[key] = peer
+        self.loop.accepted += 1
         try:
             self.handler.on_connect(peer)
         except Exception as exc:
