@@ -224,7 +224,7 @@ class SendfileCell(Cell):
     """A 64 MiB file to one client (bench/sendfile_client.py reads and discards it), `transfers` times."""
 
     unit = "MB/s"
-    transfers: int = 8
+    transfers: int = 32
     size: int = 64 << 20
 
     def measure(self, server: ServerProcess, ctx: RunContext) -> dict:
@@ -317,7 +317,7 @@ CELLS: list[Cell] = [
     EchoCell("udp-echo", "udp", "UDP echo 64 B datagrams, 50 sockets", mode="udp"),
     EchoCell("udp-echo-p16", "udp", "UDP echo 64 B datagrams, 50 sockets, 16 in flight each", mode="udp",
              pipeline=16),
-    SendfileCell("sendfile-64m", "sendfile", "a 64 MiB file to one client, 8 transfers (MB/s)"),
+    SendfileCell("sendfile-64m", "sendfile", "a 64 MiB file to one client, 32 transfers (MB/s)"),
     IdleMemoryCell("mem-idle", "raw", "server RSS per idle connection"),
     *_resp_cells(),
 ]

@@ -237,7 +237,7 @@ def markdown(rows: list[dict], cells: list[Cell], settings: dict, command: str, 
         out += [
             "## Sendfile: a 64 MiB file to one client (bench/sendfile_client.py)",
             "",
-            "MB/s over 8 transfers on one connection; server CPU us per MB sent (MB per server CPU-s"
+            "MB/s over 32 transfers (2 GiB) on one connection; server CPU us per MB sent (MB per server CPU-s"
             " is its inverse).  uvloop has no loop.sendfile: its peer reads and writes chunks.",
             "",
             *_load_table(by_type["sendfile"], "MB/s", per_cpu=True),

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from reactor import Connection, Handler
-from support import TIMEOUT, Recorder, connect, recv_exactly, recv_to_eof, serve, wait_until
+from support import (TIMEOUT, Recorder, connect, open_fds, recv_exactly, recv_to_eof, serve,
+                     wait_until)
 
 DATA = Path(__file__).parent / "data"
 BIG = 8 << 20
@@ -44,6 +45,7 @@ class Sender(Recorder):
 
 def test_sendfile_interleaved_with_sends_in_order(big_file: tuple[Path, bytes]) -> None:
     path, data = big_file
+    before = open_fds()
     with open(path, "rb") as f:
         def plan(conn: Connection) -> bytes:
             conn.send(b"<head>")
@@ -62,6 +64,7 @@ def test_sendfile_interleaved_with_sends_in_order(big_file: tuple[Path, bytes]) 
             sock.sendall(b"go")                      # and again on the same connection
             assert recv_exactly(sock, len(want), timeout=30) == want
             sock.close()
+    wait_until(lambda: open_fds() <= before, what="the duplicated descriptors closed")
 
 
 def test_pending_write_counts_the_file(big_file: tuple[Path, bytes]) -> None:
@@ -173,6 +176,7 @@ def test_bad_arguments_name_the_argument(tmp_path: Path) -> None:
     closed = open(path, "rb")
     closed.close()
     r_fd, w_fd = os.pipe()
+    dir_fd = os.open(tmp_path, os.O_RDONLY)
 
     class Check(Handler):
         def on_message(self, conn: Connection, ctx: Any, data: Any) -> Any:
@@ -181,7 +185,7 @@ def test_bad_arguments_name_the_argument(tmp_path: Path) -> None:
                     ((b"not a file",), {}), (("name.txt",), {}), ((True,), {}),
                     ((f,), {"offset": -1}), ((f,), {"offset": 1.5}), ((f,), {"count": -2}),
                     ((f,), {"count": "3"}), ((closed,), {}), ((str(tmp_path),), {}),
-                    ((os.open(tmp_path, os.O_RDONLY),), {}), ((f,), {"offset": 101}),
+                    ((dir_fd,), {}), ((f,), {"offset": 101}),
                     ((f,), {"offset": 50, "count": 51}), ((r_fd,), {}), ((10**6,), {}),
                 ):
                     try:
@@ -201,6 +205,7 @@ def test_bad_arguments_name_the_argument(tmp_path: Path) -> None:
         sock.close()
     os.close(r_fd)
     os.close(w_fd)
+    os.close(dir_fd)
     kinds = [type(r).__name__ if r is not None else None for r in results]
     assert kinds == ["TypeError", "TypeError", "TypeError", "ValueError", "TypeError",
                      "ValueError", "TypeError", "ValueError", "TypeError", "ValueError",

@@ -282,3 +282,26 @@ def test_dial_udp_to_closed_port_is_refused() -> None:
         err = d.wait_closed(conn)
         assert isinstance(err, ConnectionRefusedError)
         assert d.close_count(conn) == 1
+
+
+def test_max_connections_caps_peers_and_pause_drops_datagrams() -> None:
+    h = Counting()
+    with serve(h, network="udp", max_connections=1) as srv:
+        a, b = client(), client()
+        a.sendto(b"a", srv.address)
+        assert a.recv(100) == b"a#1"
+        b.sendto(b"b", srv.address)              # over the cap: no peer, no on_connect, no reply
+        assert nothing_arrives(b)
+        conn = h.wait_connected(1)[0]
+        assert len(h.connected) == 1 and srv.stats()["datagrams_dropped"]["over_limit"] == 1
+        conn.pause_reading()
+        wait_until(lambda: conn._paused, what="paused")
+        a.sendto(b"a", srv.address)              # dropped while paused
+        assert nothing_arrives(a)
+        conn.resume_reading()
+        wait_until(lambda: not conn._paused, what="resumed")
+        a.sendto(b"a", srv.address)
+        assert a.recv(100) == b"a#2"
+        assert srv.stats()["datagrams_dropped"]["paused"] == 1
+        with pytest.raises(TypeError, match="sendfile"):
+            conn.sendfile(0)
