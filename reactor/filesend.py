@@ -27,6 +27,7 @@ Rules:
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import stat
@@ -75,6 +76,8 @@ def check_file(file: Any, offset: Any, count: Any) -> tuple[int, int, int]:
         raise ValueError("file is a directory, not a regular file")
     if not stat.S_ISREG(st.st_mode):
         raise ValueError("file must be a regular file (sendfile sends regions of files)")
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
+        raise ValueError("file is open for writing only; open it for reading")
     size = st.st_size
     if offset > size:
         raise ValueError(f"offset {offset} is past the end of the file ({size} bytes)")

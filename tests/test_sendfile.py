@@ -180,13 +180,14 @@ def test_bad_arguments_name_the_argument(tmp_path: Path) -> None:
 
     class Check(Handler):
         def on_message(self, conn: Connection, ctx: Any, data: Any) -> Any:
-            with open(path, "rb") as f:
+            with open(path, "rb") as f, open(path, "ab") as wo:
                 for args, kwargs in (
                     ((b"not a file",), {}), (("name.txt",), {}), ((True,), {}),
                     ((f,), {"offset": -1}), ((f,), {"offset": 1.5}), ((f,), {"count": -2}),
                     ((f,), {"count": "3"}), ((closed,), {}), ((str(tmp_path),), {}),
                     ((dir_fd,), {}), ((f,), {"offset": 101}),
                     ((f,), {"offset": 50, "count": 51}), ((r_fd,), {}), ((10**6,), {}),
+                    ((wo,), {}),
                 ):
                     try:
                         conn.sendfile(*args, **kwargs)
@@ -209,12 +210,12 @@ def test_bad_arguments_name_the_argument(tmp_path: Path) -> None:
     kinds = [type(r).__name__ if r is not None else None for r in results]
     assert kinds == ["TypeError", "TypeError", "TypeError", "ValueError", "TypeError",
                      "ValueError", "TypeError", "ValueError", "TypeError", "ValueError",
-                     "ValueError", "ValueError", "ValueError", "ValueError"]
+                     "ValueError", "ValueError", "ValueError", "ValueError", "ValueError"]
     texts = [str(r) for r in results]
     assert "offset" in texts[3] and "offset" in texts[4] and "count" in texts[5]
     assert "count" in texts[6] and "closed" in texts[7] and "directory" in texts[9]
     assert "offset" in texts[10] and "count" in texts[11] and "regular file" in texts[12]
-    assert "not open" in texts[13]
+    assert "not open" in texts[13] and "reading" in texts[14]
 
 
 def test_truncated_while_queued_aborts_after_what_exists(tmp_path: Path) -> None:
