@@ -44,7 +44,8 @@ class Connection:
         self._q: list[Any] | None = None      # this turn's replies, waiting for the codec's framing
         self._parts: list[int] | None = None  # this turn's sealed output, as (kind, a, b) triples
         self._dirty = False                   # in the loop's list of connections to flush
-        self._out: Any = None                 # RingBuffer of unsent output, only while there is some
+        self._out: Any = None                 # RingBuffer of unsent output (a filesend.SendQueue
+                                              # once a file is queued), only while there is some
         self._in: Any = None                  # RingBuffer of unparsed input (leftovers), lazily
         self._last = now                      # last read or write, for idle_timeout
         self._peer: Any = None

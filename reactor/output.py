@@ -20,6 +20,9 @@ The only code that knows output part kinds, the echo merge and computed replies.
   the kernel does not take is copied into the connection's output ring and write interest is
   armed.  FINs and closes are carried out only after pg_flush has returned: nothing is ever
   written to a closed (and possibly reused) fd number.
+- Once a file region is queued (conn.sendfile), the ring is a filesend.SendQueue: the same
+  calls (`write`, `_write_to`, `len`), with the file's bytes in order behind what came before
+  it; backpressure counts what is held in memory (`_held`), not the file.
 """
 from __future__ import annotations
 
