@@ -305,3 +305,29 @@ def test_max_connections_caps_peers_and_pause_drops_datagrams() -> None:
         assert srv.stats()["datagrams_dropped"]["paused"] == 1
         with pytest.raises(TypeError, match="sendfile"):
             conn.sendfile(0)
+
+
+def test_random_sizes_echo_byte_exact_and_oversized_never_truncated() -> None:
+    import random
+
+    class Echo(Handler):
+        def on_message(self, conn: Any, ctx: Any, data: Any) -> Any:
+            return data
+
+    rng = random.Random(11)
+    limit = 4096
+    with serve(Echo(), network="udp", read_buffer_size=limit) as srv:
+        socks = [client() for _ in range(3)]
+        dropped = 0
+        for i in range(150):
+            s = socks[i % 3]
+            size = rng.choice([0, 1, limit - 1, limit, limit + 1, rng.randrange(0, 3 * limit)])
+            payload = rng.randbytes(size)
+            s.sendto(payload, srv.address)
+            if size > limit:                    # dropped: the next reply is the marker's
+                dropped += 1
+                s.sendto(b"marker", srv.address)
+                assert s.recv(3 * limit) == b"marker"
+            else:
+                assert s.recv(3 * limit) == payload
+        assert srv.stats()["datagrams_dropped"].get("too_long", 0) == dropped > 0
