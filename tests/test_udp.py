@@ -277,8 +277,7 @@ def test_dial_udp_to_closed_port_is_refused() -> None:
     probe.close()                       # nothing listens there now: ICMP port unreachable
     d = Dialer()
     with serve(Handler()) as srv:
-        conn = dial_udp(srv.loops[0], ("127.0.0.1", port), d)
-        conn.send(b"anyone?")
+        conn = dial_udp(srv.loops[0], ("127.0.0.1", port), d)    # on_connect sends "hello"
         err = d.wait_closed(conn)
         assert isinstance(err, ConnectionRefusedError)
         assert d.close_count(conn) == 1
