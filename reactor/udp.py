@@ -372,6 +372,7 @@ class UdpEndpoint:
             addrs = ffi.from_buffer(b"".join([p._key for p in peers]))
         err = self._err
         pos = off = sent_bytes = 0
+        failed: tuple[UdpPeer, int] | None = None
         while pos < total:
             k = lib.pg_udp_send(self.fd, cblob + off, lens[pos:],
                                 addrs + pos * ADDR if addrs != ffi.NULL else ffi.NULL,
@@ -384,9 +385,13 @@ class UdpEndpoint:
                 e = err[0]
                 if e in _AGAIN:
                     break
-                self._send_failed(peers[pos], e)
+                self._drop("send_error", 1)         # that one datagram is lost
                 off += lens[pos]
                 pos += 1
+                if self.connected:                  # the peer is unreachable: it ends below
+                    failed = (peers[pos - 1], e)
+                    break
+                log.debug("sendmmsg to %r failed: errno %d", peers[pos - 1], e)
         self.loop.out.sent_bytes += sent_bytes
         del out[:pos]
         del peers[:pos]
@@ -398,14 +403,10 @@ class UdpEndpoint:
         elif self._out_bytes <= self._low:
             reading = True
         self._interest(reading, bool(out))
-
-    def _send_failed(self, peer: UdpPeer, err: int) -> None:
-        self._drop("send_error", 1)
-        if self.connected:
-            self.close_peer(peer, OSError(err, f"UDP send: {errno.errorcode.get(err, err)}"),
-                            "reset" if err == errno.ECONNREFUSED else "error")
-        else:
-            log.debug("sendmmsg to %r failed: errno %d", peer, err)
+        if failed is not None:      # after the queue is consistent: closing flushes again
+            peer, e = failed
+            self.close_peer(peer, OSError(e, f"UDP send: {errno.errorcode.get(e, e)}"),
+                            "reset" if e == errno.ECONNREFUSED else "error")
 
     def _interest(self, readable: bool, writable: bool) -> None:
         if self._closed or (readable == self._reading and writable == self._writing):
