@@ -99,6 +99,7 @@ class LoadgenCell(Cell):
                 else None
             ),
             "stalled_conns": out["stalled_conns"],
+            "lost": out.get("lost"),
             "raw": out,
         }
 
@@ -218,6 +219,42 @@ class IdleMemoryCell(Cell):
         }
 
 
+@dataclass(frozen=True)
+class SendfileCell(Cell):
+    """A 64 MiB file to one client (bench/sendfile_client.py reads and discards it), `transfers` times."""
+
+    unit = "MB/s"
+    transfers: int = 32
+    size: int = 64 << 20
+
+    def measure(self, server: ServerProcess, ctx: RunContext) -> dict:
+        argv = [*ctx.client_pin, sys.executable, "-m", "bench.sendfile_client", "--port", str(server.port),
+                "--pid", str(server.pid), "--transfers", str(self.transfers), "--size", str(self.size)]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            return {"error": "sendfile_client did not finish within 120 s"}
+        try:
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            return {"error": f"sendfile_client exited {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+        if out.get("error"):
+            return {"error": out["error"]}
+        cpu = out["server_cpu_s"]
+        mb = out["bytes"] / 1e6
+        return {
+            "error": None,
+            "value": out["mb_per_s"],
+            "cpu_us": cpu * 1e6 / mb if cpu is not None else None,
+            "per_cpu_s": mb / cpu if cpu else None,
+            "server_cpu_s": cpu,
+            "server_busy": cpu / out["seconds"] if cpu is not None else None,
+            "p50": None,
+            "p99": None,
+            "p999": None,
+        }
+
+
 def _resp_cells() -> list[Cell]:
     cells: list[Cell] = []
     for pipeline in (1, 16):
@@ -296,6 +333,10 @@ CELLS: list[Cell] = [
     EchoCell("proxy64x50", "proxy", "TCP proxy in front of an echo server: raw 64 B, 50 connections"),
     EchoCell("proxy16kx50", "proxy", "TCP proxy in front of an echo server: raw 16 KiB, 50 connections",
              size=16384),
+    EchoCell("udp-echo", "udp", "UDP echo 64 B datagrams, 50 sockets", mode="udp"),
+    EchoCell("udp-echo-p16", "udp", "UDP echo 64 B datagrams, 50 sockets, 16 in flight each", mode="udp",
+             pipeline=16),
+    SendfileCell("sendfile-64m", "sendfile", "a 64 MiB file to one client, 32 transfers (MB/s)"),
     IdleMemoryCell("mem-idle", "raw", "server RSS per idle connection"),
     *_resp_cells(),
 ]
@@ -310,7 +351,9 @@ GROUPS = {
     "framed": [c.name for c in CELLS if isinstance(c, EchoCell) and c.mode == "framed"],
     "ws": [c.name for c in CELLS if isinstance(c, EchoCell) and c.mode == "ws"],
     "proxy": [c.name for c in CELLS if c.kind == "proxy"],
+    "udp": [c.name for c in CELLS if isinstance(c, LoadgenCell) and c.mode == "udp"],
     "memory": [c.name for c in CELLS if isinstance(c, IdleMemoryCell)],
+    "sendfile": [c.name for c in CELLS if isinstance(c, SendfileCell)],
     "resp": [c.name for c in CELLS if isinstance(c, RespCell)],
     "all": [c.name for c in CELLS],
 }

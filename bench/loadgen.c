@@ -19,6 +19,11 @@
  *   raw     the message is `size` payload bytes; the server returns the byte stream unchanged.
  *   framed  the message is a 4-byte big-endian length + `size` payload bytes; a framed echo server
  *           returns the same bytes.
+ *   udp     N connected UDP sockets ("connections"), each keeping `pipeline` datagrams of `size` bytes
+ *           (>= 8) in flight; a datagram is slot u32 + generation u32 + pattern bytes, and the echoed
+ *           datagram must be byte-identical.  A datagram not answered within UDP_RESEND_MS is counted
+ *           lost and its slot sends a new one (next generation): loss never hangs the run; late
+ *           replies of an old generation are ignored (counted as "late").  "lost" is in the JSON.
  *   ws      RFC 6455: an HTTP Upgrade handshake on every connection, then masked binary frames of
  *           `size` bytes; the server must answer each with one unmasked, unfragmented binary frame
  *           holding the same payload (minimal length encoding, as every server does for one frame).
@@ -51,8 +56,8 @@
 #include <time.h>
 #include <unistd.h>
 
-enum mode { MODE_RAW, MODE_FRAMED, MODE_WS, MODE_GET, MODE_RPC };
-static const char *const MODE_NAMES[] = {"raw", "framed", "ws", "get", "rpc"};
+enum mode { MODE_RAW, MODE_FRAMED, MODE_WS, MODE_GET, MODE_RPC, MODE_UDP };
+static const char *const MODE_NAMES[] = {"raw", "framed", "ws", "get", "rpc", "udp"};
 enum state { ST_CONNECTING, ST_HANDSHAKE, ST_PRIMING, ST_READY, ST_RUNNING };
 
 /* RFC 6455 section 1.3 sample nonce and its accept value: a fixed, known-good test vector. */
@@ -103,6 +108,7 @@ static uint64_t g_hist_n, g_lat_max;
 static double g_lat_sum;
 
 static char g_error[512];
+static uint64_t g_lost, g_late; /* udp mode */
 
 static uint64_t now_ns(void) {
     struct timespec t;
@@ -459,10 +465,223 @@ static int on_connected(conn_t *c) {
     return g_mode == MODE_WS ? start_handshake(c) : start_priming(c);
 }
 
+static void print_json(double window, uint64_t msgs, double scpu, double ccpu, uint64_t min_c, uint64_t max_c,
+                       int stalled, int connected);
+
+/* ---- udp mode ---------------------------------------------------------------------------- */
+#define UDP_RESEND_MS 200
+#define UDP_BATCH 64
+
+typedef struct {
+    int fd, id, ready;
+    uint32_t *gen;          /* per slot: the generation in flight */
+    uint64_t *ts;           /* per slot: when it was sent (ns) */
+    uint64_t done, done_at_start;
+} udp_t;
+
+static void udp_fill(unsigned char *d, const udp_t *u, uint32_t slot, uint32_t gen) {
+    for (int i = 0; i < 4; i++) d[i] = (unsigned char)(slot >> (8 * i));
+    for (int i = 0; i < 4; i++) d[4 + i] = (unsigned char)(gen >> (8 * i));
+    memcpy(d + 8, g_pattern + (size_t)((gen * 7u + slot * 3u + (uint32_t)u->id * 13u) % 256u), (size_t)g_size - 8);
+}
+
+/* send the current generation of `n` slots (indices in `slots`) in one sendmmsg */
+static int udp_send(udp_t *u, const uint32_t *slots, int n, uint64_t now, unsigned char *buf) {
+    struct mmsghdr mm[UDP_BATCH];
+    struct iovec iov[UDP_BATCH];
+    int done = 0;
+    while (done < n) {
+        int k = n - done < UDP_BATCH ? n - done : UDP_BATCH;
+        memset(mm, 0, sizeof(mm[0]) * (size_t)k);
+        for (int i = 0; i < k; i++) {
+            uint32_t s = slots[done + i];
+            unsigned char *d = buf + (size_t)i * (size_t)g_size;
+            udp_fill(d, u, s, u->gen[s]);
+            u->ts[s] = now;
+            iov[i].iov_base = d;
+            iov[i].iov_len = (size_t)g_size;
+            mm[i].msg_hdr.msg_iov = &iov[i];
+            mm[i].msg_hdr.msg_iovlen = 1;
+        }
+        int r = sendmmsg(u->fd, mm, (unsigned)k, 0);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == ENOBUFS || errno == ECONNREFUSED) return 0; /* resent on timeout */
+            fail("udp socket %d: send failed: %s", u->id, strerror(errno));
+            return -1;
+        }
+        done += k;    /* a datagram the kernel refused is resent on timeout like a lost one */
+    }
+    return 0;
+}
+
+/* read every waiting reply; verify; answer each with the next generation of its slot */
+static int udp_read(udp_t *u, unsigned char *rbuf, unsigned char *sbuf, int running) {
+    struct mmsghdr mm[UDP_BATCH];
+    struct iovec iov[UDP_BATCH];
+    unsigned char want[65536];
+    size_t cap = (size_t)g_size + 64;
+    for (;;) {
+        memset(mm, 0, sizeof mm);
+        for (int i = 0; i < UDP_BATCH; i++) {
+            iov[i].iov_base = rbuf + (size_t)i * cap;
+            iov[i].iov_len = cap;
+            mm[i].msg_hdr.msg_iov = &iov[i];
+            mm[i].msg_hdr.msg_iovlen = 1;
+        }
+        int r = recvmmsg(u->fd, mm, UDP_BATCH, MSG_DONTWAIT, NULL);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == ECONNREFUSED) return 0;
+            fail("udp socket %d: receive failed: %s", u->id, strerror(errno));
+            return -1;
+        }
+        uint64_t now = now_ns();
+        uint32_t next[UDP_BATCH];
+        int nn = 0;
+        for (int i = 0; i < r; i++) {
+            unsigned char *d = rbuf + (size_t)i * cap;
+            if (mm[i].msg_len != (unsigned)g_size) {
+                fail("udp socket %d: a reply of %u bytes, expected %d", u->id, mm[i].msg_len, g_size);
+                return -1;
+            }
+            uint32_t slot = 0, gen = 0;
+            for (int k = 0; k < 4; k++) slot |= (uint32_t)d[k] << (8 * k);
+            for (int k = 0; k < 4; k++) gen |= (uint32_t)d[4 + k] << (8 * k);
+            if (slot >= (uint32_t)g_pipeline || gen != u->gen[slot]) { g_late++; continue; }
+            udp_fill(want, u, slot, gen);
+            if (memcmp(d, want, (size_t)g_size) != 0) {
+                fail("udp socket %d: reply for slot %u generation %u differs from the datagram sent", u->id, slot, gen);
+                return -1;
+            }
+            if (g_measuring) record_latency(now - u->ts[slot]);
+            u->done++;
+            u->gen[slot]++;
+            if (!u->ready) u->ready = 1;
+            if (running) next[nn++] = slot;
+        }
+        if (nn && udp_send(u, next, nn, now, sbuf) < 0) return -1;
+        if (r < UDP_BATCH) return 0;
+    }
+}
+
+/* slots unanswered for UDP_RESEND_MS: counted lost, resent as their next generation */
+static int udp_resend(udp_t *u, uint64_t now, unsigned char *sbuf, int nslots) {
+    uint32_t again[4096];
+    int n = 0;
+    for (int s = 0; s < nslots && n < 4096; s++) {
+        if (now - u->ts[s] >= (uint64_t)UDP_RESEND_MS * 1000000ull) {
+            u->gen[s]++;
+            g_lost++;
+            again[n++] = (uint32_t)s;
+        }
+    }
+    return n ? udp_send(u, again, n, now, sbuf) : 0;
+}
+
+static int run_udp(const struct sockaddr_in *sa) {
+    if (g_size < 8 || g_size > 65000) {
+        fprintf(stderr, "loadgen: --size must be 8..65000 in udp mode\n");
+        return 2;
+    }
+    g_msg_out = g_msg_in = (size_t)g_size;
+    udp_t *us = calloc((size_t)g_conns, sizeof *us);
+    unsigned char *rbuf = malloc((size_t)UDP_BATCH * ((size_t)g_size + 64));
+    unsigned char *sbuf = malloc((size_t)UDP_BATCH * (size_t)g_size);
+    struct epoll_event *evs = calloc(1024, sizeof *evs);
+    for (int i = 0; i < g_conns && !g_error[0]; i++) {
+        udp_t *u = &us[i];
+        u->id = i;
+        u->gen = calloc((size_t)g_pipeline, sizeof(uint32_t));
+        u->ts = calloc((size_t)g_pipeline, sizeof(uint64_t));
+        u->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (u->fd < 0 || connect(u->fd, (const struct sockaddr *)sa, sizeof *sa) < 0) {
+            fail("udp socket %d: %s", i, strerror(errno));
+            break;
+        }
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = u};
+        epoll_ctl(g_ep, EPOLL_CTL_ADD, u->fd, &ev);
+    }
+    /* phase 1: one round trip per socket (slot 0), resent until answered */
+    uint64_t t_start = now_ns(), deadline = t_start + (uint64_t)(g_connect_timeout * 1e9);
+    uint32_t zero = 0;
+    for (int i = 0; i < g_conns && !g_error[0]; i++) udp_send(&us[i], &zero, 1, t_start, sbuf);
+    int ready = 0;
+    while (!g_error[0]) {
+        ready = 0;
+        for (int i = 0; i < g_conns; i++) ready += us[i].ready;
+        if (ready == g_conns) break;
+        uint64_t now = now_ns();
+        if (now >= deadline) {
+            fail("only %d of %d UDP sockets got a first reply after %.1f s", ready, g_conns, g_connect_timeout);
+            break;
+        }
+        int n = epoll_wait(g_ep, evs, 1024, 20);
+        for (int k = 0; k < n && !g_error[0]; k++) udp_read(evs[k].data.ptr, rbuf, sbuf, 0);
+        now = now_ns();
+        for (int i = 0; i < g_conns && !g_error[0]; i++)
+            if (!us[i].ready) udp_resend(&us[i], now, sbuf, 1);
+    }
+    g_lost = g_late = 0;
+    /* phase 2 + 3: every slot in flight; warm up, then measure */
+    uint64_t t0 = now_ns(), t_warm_end = t0 + (uint64_t)(g_warmup * 1e9);
+    uint64_t t_end = t_warm_end + (uint64_t)(g_duration * 1e9), t_win0 = 0, last_scan = t0;
+    uint64_t msgs0 = 0, msgs1 = 0, lost0 = 0;
+    double scpu0 = -1, scpu1 = -1, ccpu0 = 0, ccpu1 = 0;
+    uint32_t *all = malloc(sizeof(uint32_t) * (size_t)g_pipeline);
+    for (int s = 0; s < g_pipeline; s++) all[s] = (uint32_t)s;
+    for (int i = 0; i < g_conns && !g_error[0]; i++) {
+        us[i].gen[0]++;  /* the priming reply is done: a fresh generation for every slot */
+        udp_send(&us[i], all, g_pipeline, t0, sbuf);
+    }
+    while (!g_error[0]) {
+        uint64_t now = now_ns();
+        if (!g_measuring && now >= t_warm_end) {
+            g_measuring = 1;
+            scpu0 = proc_cpu_s(g_pid);
+            ccpu0 = self_cpu_s();
+            t_win0 = now_ns();
+            lost0 = g_lost;
+            for (int i = 0; i < g_conns; i++) {
+                us[i].done_at_start = us[i].done;
+                msgs0 += us[i].done;
+            }
+        }
+        if (now >= t_end) break;
+        int n = epoll_wait(g_ep, evs, 1024, 20);
+        for (int k = 0; k < n && !g_error[0]; k++) udp_read(evs[k].data.ptr, rbuf, sbuf, 1);
+        now = now_ns();
+        if (now - last_scan >= 50000000ull) {
+            last_scan = now;
+            for (int i = 0; i < g_conns && !g_error[0]; i++) udp_resend(&us[i], now, sbuf, g_pipeline);
+        }
+    }
+    uint64_t t_win1 = now_ns();
+    scpu1 = proc_cpu_s(g_pid);
+    ccpu1 = self_cpu_s();
+    uint64_t min_c = UINT64_MAX, max_c = 0;
+    int stalled = 0;
+    for (int i = 0; i < g_conns; i++) {
+        uint64_t d = us[i].done - us[i].done_at_start;
+        msgs1 += us[i].done;
+        if (d < min_c) min_c = d;
+        if (d > max_c) max_c = d;
+        if (d == 0) stalled++;
+        if (us[i].fd >= 0) close(us[i].fd);
+    }
+    if (!g_measuring) { min_c = 0; stalled = g_conns; msgs1 = msgs0 = 0; }
+    g_lost -= lost0;
+    double window = g_measuring ? (double)(t_win1 - t_win0) / 1e9 : 0.0;
+    if (g_measuring && msgs1 == msgs0) fail("no reply completed in the %.1f s measurement window", window);
+    double scpu = (scpu0 >= 0 && scpu1 >= 0) ? scpu1 - scpu0 : -1.0;
+    print_json(window, msgs1 - msgs0, scpu, ccpu1 - ccpu0, min_c, max_c, stalled, ready);
+    return g_error[0] ? 1 : 0;
+}
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: loadgen --port N [--host 127.0.0.1] [--conns 50] [--size 64] [--pipeline 1]\n"
-            "               [--duration 3] [--warmup 1] [--mode raw|framed|ws|get|rpc] [--server-pid PID]\n"
+            "               [--duration 3] [--warmup 1] [--mode raw|framed|ws|get|rpc|udp] [--server-pid PID]\n"
             "               [--connect-timeout 10]\n");
 }
 
@@ -484,6 +703,7 @@ static void print_json(double window, uint64_t msgs, double scpu, double ccpu, u
         printf("\"server_cpu_s\": null, \"server_cpu_us_per_msg\": null, ");
     printf("\"client_cpu_s\": %.3f, \"min_conn_msgs\": %llu, \"max_conn_msgs\": %llu, \"stalled_conns\": %d, ",
            ccpu, (unsigned long long)min_c, (unsigned long long)max_c, stalled);
+    printf("\"lost\": %llu, \"late\": %llu, ", (unsigned long long)g_lost, (unsigned long long)g_late);
     if (g_error[0]) {
         printf("\"error\": \"");
         for (const char *s = g_error; *s; s++) {
@@ -521,6 +741,7 @@ int main(int argc, char **argv) {
             else if (!strcmp(optarg, "ws")) g_mode = MODE_WS;
             else if (!strcmp(optarg, "get")) g_mode = MODE_GET;
             else if (!strcmp(optarg, "rpc")) g_mode = MODE_RPC;
+            else if (!strcmp(optarg, "udp")) g_mode = MODE_UDP;
             else { usage(stderr); return 2; }
             break;
         default: usage(o == '?' ? stdout : stderr); return 2;
@@ -568,6 +789,7 @@ int main(int argc, char **argv) {
     }
 
     g_ep = epoll_create1(EPOLL_CLOEXEC);
+    if (g_mode == MODE_UDP) return run_udp(&sa);
     g_c = calloc((size_t)g_conns, sizeof *g_c);
     size_t wcap = (size_t)g_pipeline * g_msg_out + 1024;
     for (int i = 0; i < g_conns; i++) {

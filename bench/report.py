@@ -10,7 +10,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from bench.cells import Cell, EchoCell, IdleMemoryCell, RequestCell, RespCell
+from bench.cells import Cell, EchoCell, IdleMemoryCell, RequestCell, RespCell, SendfileCell
 from bench.servers import BASELINE, ROOT
 
 CLIENT_BOUND = 0.95  # client CPU use over the window above which the client, not the server, limited the rate
@@ -173,6 +173,7 @@ def markdown(rows: list[dict], cells: list[Cell], settings: dict, command: str, 
         "echo": [r for r in rows if isinstance(_cell(cells, r), EchoCell)],
         "resp": [r for r in rows if isinstance(_cell(cells, r), RespCell)],
         "memory": [r for r in rows if isinstance(_cell(cells, r), IdleMemoryCell)],
+        "sendfile": [r for r in rows if isinstance(_cell(cells, r), SendfileCell)],
     }
     out = [
         "# pygev benchmark results",
@@ -232,6 +233,16 @@ def markdown(rows: list[dict], cells: list[Cell], settings: dict, command: str, 
         out += ["Cells: " + "; ".join(f"`{c.name}` {c.title}" for c in cells if isinstance(c, EchoCell)), ""]
     if by_type["resp"]:
         out += ["## RESP (redis-benchmark, 50 clients)", "", *_load_table(by_type["resp"], "req/s"), ""]
+    if by_type["sendfile"]:
+        out += [
+            "## Sendfile: a 64 MiB file to one client (bench/sendfile_client.py)",
+            "",
+            "MB/s over 32 transfers (2 GiB) on one connection; server CPU us per MB sent (MB per server CPU-s"
+            " is its inverse).  uvloop has no loop.sendfile: its peer reads and writes chunks.",
+            "",
+            *_load_table(by_type["sendfile"], "MB/s", per_cpu=True),
+            "",
+        ]
     if by_type["memory"]:
         out += [
             f"## Memory: server RSS per idle connection ({settings['memory_conns']:,} connections)",

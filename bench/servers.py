@@ -36,6 +36,7 @@ class ServerSpec:
     modules: tuple[str, ...] = ()  # Python modules it imports (checked before starting)
     hint: str = ""  # where a missing program comes from
     upstream: tuple[str, ...] = ()  # a server this one forwards to ("{upstream}" in argv is its port)
+    udp: bool = False  # serves UDP on the port (readiness is an echoed datagram, not a TCP connect)
 
     def missing(self) -> str | None:
         """Why this server cannot start here (a missing file, program or module), or None."""
@@ -114,6 +115,19 @@ SERVERS: list[ServerSpec] = [
                _py(ROOT / "examples" / "resp.py", "--batch")),
     *_peer_pairs(),
     *_proxies(),
+    ServerSpec("pygev", "udp", "pygev examples/udp_echo.py", _py(ROOT / "examples" / "udp_echo.py"),
+               udp=True),
+    *(
+        ServerSpec(loop, "udp", f"{loop} DatagramProtocol", _py(PEERS / "udp_echo.py", "--loop", loop),
+                   ("uvloop",) if loop == "uvloop" else (), udp=True)
+        for loop in LOOPS
+    ),
+    ServerSpec("pygev", "sendfile", "pygev examples/sendfile_server.py (conn.sendfile)",
+               _py(ROOT / "examples" / "sendfile_server.py")),
+    ServerSpec("asyncio", "sendfile", "asyncio loop.sendfile",
+               _py(PEERS / "sendfile_server.py", "--loop", "asyncio")),
+    ServerSpec("uvloop", "sendfile", "uvloop: no loop.sendfile; pread + transport.write",
+               _py(PEERS / "sendfile_server.py", "--loop", "uvloop"), ("uvloop",)),
     ServerSpec(
         "asyncio",
         "ws",
@@ -225,12 +239,26 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return f"exited with status {self.proc.returncode} at start-up: {self.log_tail()}"
+            if self.spec.udp:
+                if self._udp_echoes():
+                    return None
+                continue
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
                     return None
             except OSError:
                 time.sleep(0.05)
         return f"not listening after {timeout:.0f} s: {self.log_tail()}"
+
+    def _udp_echoes(self) -> bool:
+        """One probe datagram to the port comes back within 0.2 s."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.2)
+            try:
+                sock.sendto(b"ready?", ("127.0.0.1", self.port))
+                return sock.recv(64) == b"ready?"
+            except OSError:
+                return False
 
     def alive(self) -> str | None:
         """None while running, else why it is not."""

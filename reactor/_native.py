@@ -12,12 +12,13 @@ from ._reactor_native import ffi, lib
 
 # poller registration kinds (epoll_data carries kind << 32 | fd)
 KIND_CONN, KIND_LISTEN, KIND_WAKE = lib.PG_K_CONN, lib.PG_K_LISTEN, lib.PG_K_WAKE
+KIND_UDP = lib.PG_K_UDP
 
 # result rows of pg_poll / pg_split
 R_DATA, R_FRAME, R_PARTIAL, R_EOF = lib.PG_R_DATA, lib.PG_R_FRAME, lib.PG_R_PARTIAL, lib.PG_R_EOF
 R_ERROR, R_READABLE, R_WRITABLE = lib.PG_R_ERROR, lib.PG_R_READABLE, lib.PG_R_WRITABLE
 R_ACCEPT, R_ACCEPT_ERROR, R_WAKE = lib.PG_R_ACCEPT, lib.PG_R_ACCEPT_ERROR, lib.PG_R_WAKE
-R_FRAME_ERROR, R_LINES = lib.PG_R_FRAME_ERROR, lib.PG_R_LINES
+R_FRAME_ERROR, R_LINES, R_UDP = lib.PG_R_FRAME_ERROR, lib.PG_R_LINES, lib.PG_R_UDP
 FRAME_TOO_LONG, FRAME_BAD_LENGTH = lib.PG_FRAME_TOO_LONG, lib.PG_FRAME_BAD_LENGTH
 
 # per-fd flags

@@ -16,6 +16,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/sendfile.h>
 #else
 #include <sys/event.h>
 #include <sys/time.h>
@@ -152,7 +153,9 @@ static void handle_event(turn_t *t, int fd, int kind, int readable, int writable
     int32_t *rows = L->rows;
     int nr = t->nr;
     int flags = fd < L->nflags ? L->fdflags[fd] : 0;
-    if (kind == PG_K_WAKE) {
+    if (kind == PG_K_UDP) {          /* reactor/udp.py reads and writes it (pg_udp_recv/send) */
+        ROW(fd, (readable ? 1 : 0) | (writable ? 2 : 0), 0, PG_R_UDP);
+    } else if (kind == PG_K_WAKE) {
         char drain[64];
         while (read(fd, drain, sizeof drain) > 0) {}
         ROW(fd, 0, 0, PG_R_WAKE);
@@ -427,6 +430,174 @@ int64_t pg_frame_headers(const char *src, const int64_t *lens, int64_t n, int wi
         src += lens[i];
     }
     return out - dst;
+}
+
+/* ---- UDP: datagrams in batches (recvmmsg / sendmmsg on Linux) ---------------------------- */
+
+#define UDP_BATCH_MAX 256
+#ifndef MSG_TRUNC
+#define MSG_TRUNC 0
+#endif
+
+/* Receive up to n datagrams into buf, datagram i at i * slot (slot bytes at most).  rows[2i] is
+   its true length (MSG_TRUNC: a datagram longer than `slot` reports its length and gets
+   PG_UDP_TRUNC in rows[2i+1]; its bytes are not usable), addrs + i * PG_UDP_ADDR the sender's
+   address zero padded (addrs NULL: a connected socket, no addresses).  Returns how many were
+   received (0: none waiting), or -errno. */
+int pg_udp_recv(int fd, char *buf, int slot, int n, int32_t *rows, char *addrs)
+{
+    if (n > UDP_BATCH_MAX) n = UDP_BATCH_MAX;
+    struct iovec iov[UDP_BATCH_MAX];
+    struct sockaddr_storage ss[UDP_BATCH_MAX];
+    int got = 0;
+#ifdef __linux__
+    struct mmsghdr mm[UDP_BATCH_MAX];
+    memset(mm, 0, sizeof(struct mmsghdr) * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        iov[i].iov_base = buf + (size_t)i * (size_t)slot;
+        iov[i].iov_len = (size_t)slot;
+        mm[i].msg_hdr.msg_iov = &iov[i];
+        mm[i].msg_hdr.msg_iovlen = 1;
+        if (addrs) { mm[i].msg_hdr.msg_name = &ss[i]; mm[i].msg_hdr.msg_namelen = sizeof ss[i]; }
+    }
+    int r;
+    do { r = recvmmsg(fd, mm, (unsigned)n, MSG_DONTWAIT | MSG_TRUNC, NULL); } while (r < 0 && errno == EINTR);
+    if (r < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+    for (int i = 0; i < r; i++) {
+        unsigned len = mm[i].msg_len;
+        int trunc = (mm[i].msg_hdr.msg_flags & MSG_TRUNC) || len > (unsigned)slot;
+        rows[2 * i] = (int32_t)len;
+        rows[2 * i + 1] = trunc ? PG_UDP_TRUNC : 0;
+        if (addrs) {
+            char *dst = addrs + (size_t)i * PG_UDP_ADDR;
+            size_t nl = mm[i].msg_hdr.msg_namelen < PG_UDP_ADDR ? mm[i].msg_hdr.msg_namelen : PG_UDP_ADDR;
+            memset(dst, 0, PG_UDP_ADDR);
+            memcpy(dst, &ss[i], nl);
+        }
+    }
+    got = r;
+#else
+    for (; got < n; got++) {
+        struct msghdr m;
+        memset(&m, 0, sizeof m);
+        iov[got].iov_base = buf + (size_t)got * (size_t)slot;
+        iov[got].iov_len = (size_t)slot;
+        m.msg_iov = &iov[got]; m.msg_iovlen = 1;
+        if (addrs) { m.msg_name = &ss[got]; m.msg_namelen = sizeof ss[got]; }
+        ssize_t r;
+        do { r = recvmsg(fd, &m, MSG_DONTWAIT); } while (r < 0 && errno == EINTR);
+        if (r < 0) {
+            if (got) break;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+        }
+        rows[2 * got] = (int32_t)r;
+        rows[2 * got + 1] = (m.msg_flags & MSG_TRUNC) ? PG_UDP_TRUNC : 0;
+        if (addrs) {
+            char *dst = addrs + (size_t)got * PG_UDP_ADDR;
+            size_t nl = m.msg_namelen < PG_UDP_ADDR ? m.msg_namelen : PG_UDP_ADDR;
+            memset(dst, 0, PG_UDP_ADDR);
+            memcpy(dst, &ss[got], nl);
+        }
+    }
+#endif
+    return got;
+}
+
+static socklen_t udp_addr_len(const char *a)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)a;
+    return sa->sa_family == AF_INET6 ? (socklen_t)sizeof(struct sockaddr_in6)
+                                     : (socklen_t)sizeof(struct sockaddr_in);
+}
+
+/* Send n datagrams: datagram i is the next lens[i] bytes of blob, to addrs + i * PG_UDP_ADDR
+   (addrs NULL: a connected socket).  Returns how many the kernel took, in order; when it took
+   fewer than n, *err says why the next one was not sent (EAGAIN: the socket buffer is full, keep
+   the rest; anything else: that one datagram failed), else *err is 0. */
+int pg_udp_send(int fd, const char *blob, const int64_t *lens, const char *addrs, int n, int *err)
+{
+    int sent = 0;
+    *err = 0;
+    while (sent < n) {
+        int k = n - sent < UDP_BATCH_MAX ? n - sent : UDP_BATCH_MAX;
+        struct iovec iov[UDP_BATCH_MAX];
+        const char *p = blob;
+        int r;
+#ifdef __linux__
+        struct mmsghdr mm[UDP_BATCH_MAX];
+        memset(mm, 0, sizeof(struct mmsghdr) * (size_t)k);
+        for (int i = 0; i < k; i++) {
+            iov[i].iov_base = (void *)p;
+            iov[i].iov_len = (size_t)lens[sent + i];
+            p += lens[sent + i];
+            mm[i].msg_hdr.msg_iov = &iov[i];
+            mm[i].msg_hdr.msg_iovlen = 1;
+            if (addrs) {
+                const char *a = addrs + (size_t)(sent + i) * PG_UDP_ADDR;
+                mm[i].msg_hdr.msg_name = (void *)a;
+                mm[i].msg_hdr.msg_namelen = udp_addr_len(a);
+            }
+        }
+        do { r = sendmmsg(fd, mm, (unsigned)k, MSG_DONTWAIT | MSG_NOSIGNAL); } while (r < 0 && errno == EINTR);
+#else
+        r = 0;
+        for (int i = 0; i < k; i++) {
+            struct msghdr m;
+            memset(&m, 0, sizeof m);
+            iov[i].iov_base = (void *)p;
+            iov[i].iov_len = (size_t)lens[sent + i];
+            m.msg_iov = &iov[i]; m.msg_iovlen = 1;
+            if (addrs) {
+                const char *a = addrs + (size_t)(sent + i) * PG_UDP_ADDR;
+                m.msg_name = (void *)a; m.msg_namelen = udp_addr_len(a);
+            }
+            ssize_t w;
+            do { w = sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL); } while (w < 0 && errno == EINTR);
+            if (w < 0) { if (!r) r = -1; break; }
+            p += lens[sent + i];
+            r++;
+        }
+#endif
+        if (r < 0) { *err = errno; return sent; }
+        for (int i = 0; i < r; i++) blob += lens[sent + i];
+        sent += r;
+        if (r < k) {   /* the next one failed: ask the kernel why with a lone send */
+            continue;
+        }
+    }
+    return sent;
+}
+
+/* ---- files: sendfile(2) from a file region to a socket ------------------------------------- */
+
+/* Send up to `count` bytes of in_fd from `offset` to out_fd.  Returns the bytes sent (0 when the
+   socket would block at once), -errno on an error, or -ENODATA when the file ends before a byte
+   of the region could be sent (it is shorter than offset + count). */
+int64_t pg_sendfile(int out_fd, int in_fd, int64_t offset, int64_t count)
+{
+    int64_t done = 0;
+    while (done < count) {
+        int64_t want = count - done;
+        if (want > (1 << 30)) want = 1 << 30;
+#ifdef __linux__
+        off_t off = (off_t)(offset + done);
+        ssize_t r = sendfile(out_fd, in_fd, &off, (size_t)want);
+#else
+        char tmp[65536];
+        if (want > (int64_t)sizeof tmp) want = sizeof tmp;
+        ssize_t r = pread(in_fd, tmp, (size_t)want, (off_t)(offset + done));
+        if (r > 0) {
+            ssize_t w = send(out_fd, tmp, (size_t)r, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w < 0) r = -1; else r = w;
+        }
+#endif
+        if (r > 0) { done += r; continue; }
+        if (r == 0) return done ? done : -ENODATA;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return done;
+        return done ? done : -errno;
+    }
+    return done;
 }
 
 /* ---- small socket helpers --------------------------------------------------------------- */

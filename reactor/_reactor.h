@@ -19,6 +19,8 @@
                                              frames, each ending in the delimiter, each within
                                              max_frame and shorter than `small` (Python splits
                                              it with bytes.split; otherwise PG_R_FRAME rows)
+     PG_R_UDP         (fd, readable | writable << 1, 0)   a PG_K_UDP socket is ready: Python's
+                                             udp module reads it (pg_udp_recv) / writes it
    Rows of one read come together and in stream order; a fd's rows never interleave with
    another read of the same fd within one poll. */
 typedef struct {
@@ -53,6 +55,7 @@ typedef struct {
 #define PG_K_CONN 0
 #define PG_K_LISTEN 1
 #define PG_K_WAKE 2
+#define PG_K_UDP 3
 
 #define PG_R_DATA 1
 #define PG_R_FRAME 2
@@ -66,6 +69,7 @@ typedef struct {
 #define PG_R_WAKE 10
 #define PG_R_FRAME_ERROR 11
 #define PG_R_LINES 12
+#define PG_R_UDP 13
 
 /* per-fd flags */
 #define PG_F_PYREAD 1        /* reads of this connection go to its ring: report PG_R_READABLE */
@@ -87,6 +91,11 @@ typedef struct {
 #define PG_FRAME_TOO_LONG 1
 #define PG_FRAME_BAD_LENGTH 2
 
+/* UDP (reactor/udp.py): a peer address entry is PG_UDP_ADDR bytes (a sockaddr_in or
+   sockaddr_in6, zero padded); a received datagram's row is (true length, PG_UDP_* flags). */
+#define PG_UDP_ADDR 28
+#define PG_UDP_TRUNC 1
+
 int pg_event_size(void);
 int pg_sockaddr_size(void);
 int pg_poller_open(void);
@@ -99,6 +108,9 @@ int64_t pg_frame_headers(const char *src, const int64_t *lens, int64_t n, int wi
                          char *dst);
 int pg_wake_open(int *fds);
 int pg_wake(int wfd);
+int pg_udp_recv(int fd, char *buf, int slot, int n, int32_t *rows, char *addrs);
+int pg_udp_send(int fd, const char *blob, const int64_t *lens, const char *addrs, int n, int *err);
+int64_t pg_sendfile(int out_fd, int in_fd, int64_t offset, int64_t count);
 int pg_close(int fd);
 int pg_shutdown_write(int fd);
 int pg_setsockopt_int(int fd, int level, int opt, int value);

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ._native import ffi, lib
 from .options import ServerOptions
+from .udp import bind_sockets, is_udp
 
 if TYPE_CHECKING:
     from .loop import EventLoop
@@ -57,13 +58,14 @@ def parse_address(address: str, network: str) -> tuple[socket.AddressFamily, Any
     port = int(port_text)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if network == "tcp6" or (network == "tcp" and ":" in host):
+    if network in ("tcp6", "udp6") or (network in ("tcp", "udp") and ":" in host):
         family = socket.AF_INET6
     else:
         family = socket.AF_INET
     if not host:
         host = "::" if family == socket.AF_INET6 else "0.0.0.0"
-    info = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    kind = socket.SOCK_DGRAM if is_udp(network) else socket.SOCK_STREAM
+    info = socket.getaddrinfo(host, port, family, kind, 0, socket.AI_PASSIVE)
     return family, info[0][4]
 
 
@@ -131,6 +133,8 @@ class Admission:
         self.family, self._sockaddr = parse_address(options.address, options.network)
         self.reuse_port = options.reuse_port or options.workers > 1
         self.listeners: list[socket.socket] = []
+        self.datagram = is_udp(options.network)
+        self.datagram_sockets: list[socket.socket] = []     # UDP: one per loop (udp.py serves them)
         self.address: Any = None
         self._unlink_path: str | None = None
         self.addresses = AddressBook()
@@ -147,7 +151,12 @@ class Admission:
     # ------------------------------------------------------------------------------------
     def bind(self) -> Any:
         """Create and bind the listening socket (idempotent); returns the bound address."""
-        if self.listeners:
+        if self.listeners or self.datagram_sockets:
+            return self.address
+        if self.datagram:
+            self.datagram_sockets = bind_sockets(self.family, self._sockaddr, len(self._loops),
+                                                 self.reuse_port)
+            self.address = self.datagram_sockets[0].getsockname()
             return self.address
         sock = socket.socket(self.family, socket.SOCK_STREAM)
         try:
@@ -201,6 +210,8 @@ class Admission:
 
     def close(self) -> None:
         self.close_listeners()
+        for sock in self.datagram_sockets:     # closed by their loops already, unless start failed
+            sock.close()
         if self._spare_fd >= 0:
             os.close(self._spare_fd)
             self._spare_fd = -1
@@ -235,6 +246,15 @@ class Admission:
     def pick(self, key: int) -> EventLoop:
         """The loop the balancer gives a new connection (`key` stands in for the source hash)."""
         return self._balance(self, key)
+
+    def admit(self) -> bool:
+        """Count one more connection (a new UDP peer) unless max_connections is reached."""
+        cap = self._opts.max_connections
+        with self._count_lock:
+            if cap is not None and self._count >= cap:
+                return False
+            self._count += 1
+        return True
 
     def released(self) -> None:
         """A connection counted by on_accept is gone."""

@@ -15,6 +15,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConnectionClosed
+from .filesend import sendfile as _sendfile
 
 if TYPE_CHECKING:
     from .loop import EventLoop
@@ -43,7 +44,8 @@ class Connection:
         self._q: Any = None                   # this turn's replies (a list; the deferred.Chain while held)
         self._parts: list[int] | None = None  # this turn's sealed output, as (kind, a, b) triples
         self._dirty = False                   # in the loop's list of connections to flush
-        self._out: Any = None                 # RingBuffer of unsent output, only while there is some
+        self._out: Any = None                 # RingBuffer of unsent output (a filesend.SendQueue
+                                              # once a file is queued), only while there is some
         self._in: Any = None                  # RingBuffer of unparsed input (leftovers), lazily
         self._last = now                      # last read or write, for idle_timeout
         self._peer: Any = None
@@ -89,6 +91,18 @@ class Connection:
             loop.send(self, data, False)
         else:
             loop.post_send(self, data, False)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> None:
+        """Queue `count` bytes (None: to the end) of `file` (a file object or a descriptor)
+        from `offset`, after everything queued, from any thread.  Sent by sendfile(2) without
+        passing through Python (TLS: read and encrypted in chunks); the bytes count in
+        pending_write until sent.  The file is not closed (pygev sends from a duplicate of its
+        descriptor, so it may be closed at once).  Bad arguments, a directory, a closed file or
+        a region past the end of the file: TypeError / ValueError naming the argument.  A file
+        truncated while queued aborts the connection (OSError ENODATA) after what exists."""
+        if self._state or self._shut:
+            raise ConnectionClosed(f"{self!r} is closed")
+        _sendfile(self, file, offset, count)
 
     def close(self, error: BaseException | None = None) -> None:
         """Close after queued output is flushed (a reply returned by the on_message that calls

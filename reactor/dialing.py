@@ -33,6 +33,7 @@ from .options import check_handler, check_number
 from .outbound import OutboundConnection, Side
 from .protocol import DefaultProtocol
 from .tls import TlsSession
+from .udp import dial_udp
 
 if TYPE_CHECKING:
     from .loop import EventLoop
@@ -187,8 +188,7 @@ class Dialer:
                 server_hostname: str | None = None) -> OutboundConnection:
         """See EventLoop.connect."""
         if isinstance(network, str) and network.startswith("udp"):
-            raise ValueError(f"network={network!r} for connect() is not yet supported "
-                             "(UDP lands with reactor.udp)")
+            return self._connect_udp(address, handler, network, protocol, ssl)
         if network not in TCP_NETWORKS and network != "unix":
             raise ValueError(f"network must be one of tcp, tcp4, tcp6, unix, not {network!r}")
         check_handler(handler, protocol)
@@ -216,6 +216,17 @@ class Dialer:
     # ------------------------------------------------------------------------------------
     # on the loop
     # ------------------------------------------------------------------------------------
+    def _connect_udp(self, address: Any, handler: Any, network: str, protocol: Any,
+                     ssl: Any) -> Any:
+        """A connected UDP socket's connection (udp.dial_udp): datagrams, no protocol, no TLS."""
+        if protocol is not None and type(protocol) is not DefaultProtocol:
+            raise ValueError(f"protocol: protocols do not apply to UDP (network={network!r})")
+        if ssl is not None:
+            raise ValueError(f"ssl: TLS does not apply to UDP (network={network!r})")
+        opts = self._loop.server.options
+        return dial_udp(self._loop, address, handler, network=network,
+                        idle_timeout=opts.idle_timeout, read_buffer_size=opts.read_buffer_size)
+
     def begin(self, dial: Dial) -> None:
         loop = self._loop
         if loop.stopping:

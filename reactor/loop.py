@@ -31,13 +31,14 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._native import (KIND_CONN, KIND_LISTEN, KIND_WAKE, R_ACCEPT, R_ACCEPT_ERROR, R_EOF, R_ERROR,
-                      R_READABLE, R_WRITABLE, check, configure_codec, ffi, lib)
+                      R_READABLE, R_UDP, R_WRITABLE, check, configure_codec, ffi, lib)
 from .admission import ADDR_ENTRY, fd_table_size
 from .closing import Closer
 from .connection import CLOSED, OPEN, Connection
 from .deferred import Deferrals, calling_promise, is_deferred
 from .dialing import Dialer
 from .errors import OutputLimitExceeded
+from .filesend import SendQueue
 from .output import Output
 from .poller import Poller
 from .arena import Arena
@@ -101,6 +102,8 @@ class EventLoop:
         self.closer = Closer(self)
         self.dialer = Dialer(self)
         self.addresses: Any = None
+        self.datagrams: dict[int, Any] = {}         # fd -> udp.UdpEndpoint (UDP sockets, udp.py)
+        self.datagrams_dropped: dict[str, int] = {}  # datagrams dropped, by reason
 
     # ------------------------------------------------------------------------------------
     # set-up and tear-down
@@ -164,6 +167,8 @@ class EventLoop:
                 self.dialer.fail(args[0], ConnectionAbortedError("the event loop stopped"))
         for fd in list(self.closer.draining):
             self.closer.drained(fd)
+        for ep in list(self.datagrams.values()):
+            ep.close()
         self._poller.close()
         lib.pg_close(self._wake_r)
         if self._wake_w != self._wake_r:
@@ -389,7 +394,7 @@ class EventLoop:
                     phases[slowest], what[slowest])
 
     def orphan_row(self, fd: int, a: int, b: int, code: int) -> None:
-        """A row without a connection: accepts, accept errors, and lingering closes."""
+        """A row without a connection: accepts, accept errors, lingering closes, UDP sockets."""
         if code == R_ACCEPT:
             self.server.admission.on_accept(self, a, b)
         elif code == R_ACCEPT_ERROR:
@@ -398,6 +403,10 @@ class EventLoop:
             self.closer.drained(fd)
         elif code in (R_WRITABLE, R_READABLE):
             self.dialer.ready(fd)             # a dial in progress: connected or failed
+        elif code == R_UDP:
+            ep = self.datagrams.get(fd)
+            if ep is not None:
+                ep.ready(a)
         # R_WAKE: the inbox is drained after the rows; rows of closed fds are dropped
 
     # ------------------------------------------------------------------------------------
@@ -408,7 +417,8 @@ class EventLoop:
         when asked, else as raw bytes.  A connection whose unsent output is past write_limit
         (a peer that does not read while others send to it) is dropped instead."""
         ring = conn._out
-        if ring is not None and len(ring) > self._write_limit:
+        if ring is not None and len(ring) > self._write_limit and \
+                getattr(ring, "memory", len(ring)) > self._write_limit:   # queued files are not
             self._over_limit(conn)
             return
         if packet:
@@ -446,7 +456,8 @@ class EventLoop:
         if conn._state == CLOSED:
             return
         readable = conn._state == OPEN and not conn._paused and not conn._eof
-        writable = conn._out is not None
+        out = conn._out
+        writable = out is not None and (type(out) is not SendQueue or not out.stalled)
         if writable and conn._state != OPEN:
             self.closer.lingering.add(conn)
         self._poller.modify(conn._fd, KIND_CONN, readable, writable)
@@ -542,6 +553,8 @@ class EventLoop:
         if self.index == 0:
             self.server.admission.close_listeners()
         self.dialer.stop()
+        for ep in list(self.datagrams.values()):
+            ep.stop()
         self.closer.begin_stop(timeout)
 
     def _stop_step(self) -> bool:

@@ -112,6 +112,14 @@ class StatsCollector(Collector):
             "Times a connection stopped being read because its output passed write_high_water.",
             value=s["backpressure_pauses"],
         )
+        dropped = CounterMetricFamily(
+            "pygev_datagrams_dropped", "UDP datagrams dropped, by reason (too_long: over "
+            "read_buffer_size; queue_full: over write_limit; over_limit, paused, send_error, stop).",
+            labels=["reason"],
+        )
+        for reason, count in s.get("datagrams_dropped", {}).items():
+            dropped.add_metric([reason], count)
+        yield dropped
         buckets = [(_bound_label(b), c) for b, c in s["turn_buckets"]]
         if not buckets or buckets[-1][0] != "+Inf":
             buckets.append(("+Inf", s["turn_count"]))

@@ -9,9 +9,9 @@ import ssl as _ssl
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
-Network = Literal["tcp", "tcp4", "tcp6", "unix"]
+Network = Literal["tcp", "tcp4", "tcp6", "unix", "udp", "udp4", "udp6"]
 LoadBalance = Literal["round_robin", "least_connections", "source_addr_hash"]
-NETWORKS = ("tcp", "tcp4", "tcp6", "unix")
+NETWORKS = ("tcp", "tcp4", "tcp6", "unix", "udp", "udp4", "udp6")
 BALANCERS = ("round_robin", "least_connections", "source_addr_hash")
 
 
@@ -120,6 +120,13 @@ class ServerOptions:
         if self.write_limit < self.write_high_water:
             raise ValueError(f"write_limit ({self.write_limit}) must be at least write_high_water "
                              f"({self.write_high_water})")
+        if self.network.startswith("udp"):
+            if self.ssl is not None:
+                raise ValueError("ssl: TLS does not apply to UDP (network="
+                                 f"{self.network!r}); DTLS is not supported")
+            if self.workers > 1:
+                raise ValueError("workers: a UDP server runs in one process; use num_loops "
+                                 "(one SO_REUSEPORT socket per loop)")
         if self.metrics_address is not None:
             if not isinstance(self.metrics_address, str):
                 raise TypeError(f"metrics_address must be a str 'host:port', "

@@ -20,6 +20,9 @@ The only code that knows output part kinds, the echo merge and computed replies.
   the kernel does not take is copied into the connection's output ring and write interest is
   armed.  FINs and closes are carried out only after pg_flush has returned: nothing is ever
   written to a closed (and possibly reused) fd number.
+- Once a file region is queued (conn.sendfile), the ring is a filesend.SendQueue: the same
+  calls (`write`, `_write_to`, `len`), with the file's bytes in order behind what came before
+  it; backpressure counts what is held in memory (`_held`), not the file.
 """
 from __future__ import annotations
 
@@ -70,6 +73,11 @@ def _framer(plan: NativePlan | None) -> Callable[[list], Any]:
         frame(src, list(map(len, q)), n, width, little, ffi.from_buffer(dst))
         return dst
     return frame_header
+
+
+def _held(out: Any) -> int:
+    """Bytes of unsent output held in memory (backpressure): a queued file's are not."""
+    return len(out) if type(out) is RingBuffer else out.memory
 
 
 def bytes_like(data: Any, source: str) -> Any:
@@ -244,7 +252,7 @@ class Output:
     # ------------------------------------------------------------------------------------
     def pending(self, conn: Connection) -> int:
         """Bytes queued for `conn` in this turn and in its output ring."""
-        n = len(conn._out) if conn._out is not None else 0
+        n = len(conn._out) if conn._out is not None else 0     # file bytes too (filesend.py)
         if conn._held is not None:
             n += conn._held.pending_bytes
         elif conn._q:
@@ -353,6 +361,10 @@ class Output:
         head = b.to_bytes(width, self._hdr_order) if width else b""
         return b"".join((head, self._loop.arena_view(a, b), self._suffix))
 
+    def spill(self, conn: Connection, parts: list) -> None:
+        """Copy queued parts into the connection's output ring (a file region follows them)."""
+        self._spill(conn, parts, 0)
+
     def _spill(self, conn: Connection, parts: list, skip: int) -> None:
         """Copy what the kernel did not take (all but the first `skip` bytes) into the output ring."""
         ring = conn._out
@@ -386,7 +398,7 @@ class Output:
 
     def _want_write(self, conn: Connection) -> None:
         """Output is waiting in the ring: arm write interest; past the high-water mark, stop reading."""
-        if not conn._paused & 1 and len(conn._out) > self._high:
+        if not conn._paused & 1 and _held(conn._out) > self._high:
             conn._paused |= 1
             self.backpressure_pauses += 1
             output_hook(self._loop, conn, "on_high_water")
@@ -406,7 +418,7 @@ class Output:
             loop.closer.abort_errno(conn, -res)
             return
         if len(ring):
-            if conn._paused & 1 and len(ring) <= self._low:
+            if conn._paused & 1 and _held(ring) <= self._low:
                 conn._paused &= ~1
                 output_hook(loop, conn, "on_drain")
             self._want_write(conn)

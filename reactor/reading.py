@@ -30,6 +30,7 @@ from .arena import RingRun
 from .connection import OPEN
 from .deferred import GATE
 from .errors import ProtocolError
+from .filesend import resume_after_handshake
 from .protocol import NativePlan
 
 if TYPE_CHECKING:
@@ -422,6 +423,8 @@ class Reader:
                 loop.out.wire(conn, out)
             if tls.ready and conn._deadline is not None and conn._in is None:
                 conn._deadline = None              # the handshake is done
+            if tls.ready and getattr(conn._out, "stalled", False):
+                resume_after_handshake(loop, conn)  # a queued file waited for the handshake
             if plain:
                 self._feed_plain(conn, memoryview(plain))
             if tls.closed_by_peer and conn._state == OPEN:

@@ -19,6 +19,7 @@ from .options import OPTION_NAMES, LoadBalance, Network, ServerOptions, check_ha
 from .protocol import DefaultProtocol, Protocol
 from .stats import collect
 from .timers import Timer
+from .udp import is_udp, serve as serve_udp
 
 log = logging.getLogger("reactor.server")
 
@@ -34,7 +35,8 @@ class Server:
 
     address=":1833"            "host:port"; ":port" binds all IPv4 interfaces; "[::1]:1833" IPv6;
                                a filesystem path for network="unix"
-    network="tcp"              "tcp", "tcp4", "tcp6" (IPV6_V6ONLY) or "unix"
+    network="tcp"              "tcp", "tcp4", "tcp6" (IPV6_V6ONLY) or "unix"; "udp", "udp4",
+                               "udp6": each datagram a message, one connection per peer (udp.py)
     num_loops=None             event loops (threads) in this process; None means 1
     workers=1                  processes sharing the port (SO_REUSEPORT), supervised
     reuse_port=False           SO_REUSEPORT on the listener (forced on with workers > 1)
@@ -76,6 +78,9 @@ class Server:
                  ssl: Any = None, slow_callback: float | None = 0.1,
                  max_pending_replies: int = 64) -> None:
         check_handler(handler, protocol)
+        if is_udp(network) and protocol is not None and type(protocol) is not DefaultProtocol:
+            raise ValueError(f"protocol: protocols do not apply to UDP (network={network!r}): "
+                             "each datagram is one message; leave protocol=None")
         high_ok = isinstance(write_high_water, int) and not isinstance(write_high_water, bool)
         if write_low_water is None:
             write_low_water = write_high_water // 4 if high_ok else 0
@@ -362,6 +367,8 @@ class Server:
                 loop.start_housekeeping()
             for sock in admission.listeners:
                 self._loops[0].add_listener(sock.fileno(), admission.nodelay, F_NODELAY)
+            for loop, sock in zip(self._loops, admission.datagram_sockets):
+                serve_udp(loop, sock)
             if self._runner is not None:
                 self._runner.start()
             on_start = getattr(self.handler, "on_start", None)

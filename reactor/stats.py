@@ -35,6 +35,7 @@ def empty_stats() -> Stats:
         "turn_buckets": [],
         "turn_sum": 0.0,
         "turn_count": 0,
+        "datagrams_dropped": {},
     }
 
 
@@ -51,6 +52,9 @@ def add_stats(total: Stats, part: Stats, *, counters_only: bool = False) -> None
     closed = total["closed"]
     for reason, count in part.get("closed", {}).items():
         closed[reason] = closed.get(reason, 0) + count
+    dropped = total.setdefault("datagrams_dropped", {})
+    for reason, count in part.get("datagrams_dropped", {}).items():
+        dropped[reason] = dropped.get(reason, 0) + count
     buckets: dict[float, int] = dict(total["turn_buckets"])
     for bound, count in part.get("turn_buckets", ()):
         bound = float(bound)
@@ -61,6 +65,7 @@ def add_stats(total: Stats, part: Stats, *, counters_only: bool = False) -> None
 def collect(loops: list[EventLoop], connections: int) -> dict[str, Any]:
     """Counters summed over one process's loops, in the shape reactor.metrics exports."""
     closed: dict[str, int] = {}
+    dropped: dict[str, int] = {}
     turn_counts = [0] * (len(TURN_BUCKETS) + 1)
     stats: dict[str, Any] = {"connections": connections, "accepted": 0, "outbound": 0, "dialed": 0,
                              "dial_failed": 0, "received_bytes": 0, "sent_bytes": 0,
@@ -77,9 +82,12 @@ def collect(loops: list[EventLoop], connections: int) -> dict[str, Any]:
         stats["turn_sum"] += loop.turn_sum
         for reason, n in list(loop.closer.closed_by_reason.items()):
             closed[reason] = closed.get(reason, 0) + n
+        for reason, n in list(loop.datagrams_dropped.items()):
+            dropped[reason] = dropped.get(reason, 0) + n
         for i, n in enumerate(loop.turn_counts):
             turn_counts[i] += n
     stats["closed"] = closed
+    stats["datagrams_dropped"] = dropped      # UDP (udp.py): too_long, queue_full, over_limit, ...
     buckets = []
     total = 0
     for bound, n in zip((*TURN_BUCKETS, float("inf")), turn_counts):

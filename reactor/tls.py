@@ -21,7 +21,7 @@ class TlsSession:
     """One side of one TLS connection (the server's by default), with no socket of its own."""
 
     __slots__ = ("_obj", "_incoming", "_outgoing", "ready", "_pending", "pending", "closed_by_peer",
-                 "_shut")
+                 "_shut", "hold", "shutdown_due")
 
     def __init__(self, context: ssl.SSLContext, server_side: bool = True,
                  server_hostname: str | None = None) -> None:
@@ -34,6 +34,8 @@ class TlsSession:
         self.pending = 0                    # its size in bytes
         self.closed_by_peer = False         # the peer sent close_notify
         self._shut = False
+        self.hold: Any = None               # weakref to a filesend.SendQueue holding plaintext back
+        self.shutdown_due = False           # close_notify asked for while held: sent after it
 
     def start(self) -> bytes:
         """The client's first flight (ClientHello): the records to send once connected."""
@@ -75,11 +77,22 @@ class TlsSession:
         the plaintext waits for it)."""
         if self._shut:
             return b""
+        if self.hold is not None:           # a file is queued: plaintext waits its turn
+            queue = self.hold()
+            if queue is not None:
+                queue.hold(data)
+                return b""
+            self.hold = None
         if not self.ready:
             chunk = bytes(data)
             self._pending.append(chunk)
             self.pending += len(chunk)
             return self._outgoing.read()
+        self._obj.write(data)
+        return self._outgoing.read()
+
+    def encrypt_now(self, data: Any) -> bytes:
+        """Encrypt plaintext whose turn has come (filesend.py, after the handshake)."""
         self._obj.write(data)
         return self._outgoing.read()
 
@@ -90,6 +103,9 @@ class TlsSession:
     def shutdown(self) -> bytes:
         """Our close_notify (after everything encrypted so far); b"" when it cannot be sent."""
         if self._shut:
+            return b""
+        if self.hold is not None and self.hold() is not None:
+            self.shutdown_due = True        # after the queued file and what follows it
             return b""
         self._shut = True
         if self.ready:

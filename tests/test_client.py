@@ -436,7 +436,8 @@ def test_client_arguments_are_checked_at_construction(kwargs: dict, error: type,
     (("127.0.0.1:1",), {"protocol": LineProtocol}, TypeError, "protocol"),
     (("127.0.0.1:1",), {"timeout": 0}, ValueError, "timeout"),
     (("127.0.0.1:1",), {"timeout": "1"}, TypeError, "timeout"),
-    (("127.0.0.1:1",), {"network": "udp"}, ValueError, "not yet"),
+    (("127.0.0.1:1",), {"network": "udp", "ssl": True}, ValueError, "ssl"),
+    (("127.0.0.1:1",), {"network": "udp", "protocol": LineProtocol()}, ValueError, "protocol"),
     (("127.0.0.1:1",), {"network": "sctp"}, ValueError, "network"),
     (("127.0.0.1:1",), {"ssl": "yes"}, TypeError, "ssl"),
     (("127.0.0.1:1",), {"ssl": _server_context()}, ValueError, "ssl"),
@@ -471,3 +472,27 @@ def test_a_unix_socket_can_be_dialed(tmp_path: Path) -> None:
         gone = cli.connect(str(tmp_path / "nobody"), refused, network="unix")
         error = refused.wait_closed(gone)
         assert isinstance(error, OSError) and error.errno in (errno.ENOENT, errno.ECONNREFUSED)
+
+
+def test_connect_udp_gives_a_connected_datagram_connection() -> None:
+    """loop.connect(..., network="udp"): datagrams out and back through the dialing handler."""
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    echo.settimeout(5)
+    got: list[bytes] = []
+    done = threading.Event()
+
+    class Dialing(Handler):
+        def on_message(self, conn, ctx, data):
+            got.append(bytes(data))
+            done.set()
+
+    with Client() as cli:
+        conn = cli.connect("127.0.0.1:%d" % echo.getsockname()[1], Dialing(), network="udp")
+        conn.send(b"ping")
+        data, peer = echo.recvfrom(100)
+        assert data == b"ping"
+        echo.sendto(b"pong", peer)
+        assert done.wait(5)
+    echo.close()
+    assert got == [b"pong"]
