@@ -37,6 +37,9 @@ class Connection:
                  "_peer", "_local", "_shut", "_paused", "_eof", "_error", "_reason", "_tls",
                  "_deadline", "_posted", "_bye", "_held", "_side", "context", "protocol_state")
 
+    ordered = True
+    """Replies keep their order (a stream); datagram peers say False."""
+
     def __init__(self, loop: EventLoop, fd: int, now: float) -> None:
         self._fd = fd
         self._loop = loop

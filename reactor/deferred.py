@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 from asyncio import isfuture
+from functools import partial
 from inspect import iscoroutine
 from contextvars import ContextVar
 from collections import deque
@@ -177,7 +178,7 @@ class Deferrals:
         self._max = max_pending
         self.deferred_count = 0       # Futures handed back by handlers, ever (metrics)
         self._lock = threading.Lock()
-        self._arrived: list[tuple[Chain, Slot, Any, BaseException | None]] = []
+        self._arrived: list[tuple[Chain | None, Any, Any, BaseException | None]] = []
         self._posted = False
 
     # ------------------------------------------------------------------------------------
@@ -242,8 +243,25 @@ class Deferrals:
             conn._held = chain
             conn._q = chain
 
+    def when_done(self, future: Any, fn: Any) -> None:
+        """Call fn(result, error) on this loop once `future` is done (no order kept: UDP)."""
+        if type(future) is Promise:
+            future.target = fn
+            return
+        if isinstance(future, ConcurrentFuture):
+            future.add_done_callback(lambda f: self._arrive(None, fn, *_outcome(f)))
+            return
+        try:
+            future.get_loop().call_soon_threadsafe(
+                future.add_done_callback, lambda f: self._arrive(None, fn, *_outcome(f)))
+        except RuntimeError as exc:
+            self._arrive(None, fn, None, exc)
+
     def barrier(self, conn: Connection, future: Any) -> None:
         """No message of `conn` is handed over before `future` finished (async on_connect)."""
+        if not conn.ordered:                  # datagrams: nothing to hold back, errors logged
+            self.when_done(future, partial(_log_error, conn))
+            return
         chain = conn._held if conn._held is not None else self._open(conn)
         self._slot(chain, future, barrier=True)
 
@@ -283,7 +301,7 @@ class Deferrals:
         except RuntimeError as exc:       # the Future's loop is closed: it can never finish
             self._arrive(chain, slot, None, exc)
 
-    def _arrive(self, chain: Chain, slot: Slot, result: Any, error: BaseException | None) -> None:
+    def _arrive(self, chain: Chain | None, slot: Any, result: Any, error: BaseException | None) -> None:
         """An outcome from any thread: queued, and one settle is posted per burst."""
         with self._lock:
             self._arrived.append((chain, slot, result, error))
@@ -314,13 +332,22 @@ class Deferrals:
             target = promise.target
             promise.target = promise.on_cancel = None       # no cycles left behind
             if target is not None and not promise.cancelled:
-                arrived.append((target[0], target[1], result, error))
+                if type(target) is tuple:
+                    arrived.append((target[0], target[1], result, error))
+                else:
+                    arrived.append((None, target, result, error))     # when_done
         self._settle_all(arrived)
 
-    def _settle_all(self, arrived: list[tuple[Chain, Slot, Any, BaseException | None]]) -> None:
+    def _settle_all(self, arrived: list[tuple[Chain | None, Any, Any, BaseException | None]]) -> None:
         """Mark every outcome, then write what is ready once per connection."""
         chains: dict[int, Chain] = {}
         for chain, slot, result, error in arrived:
+            if chain is None:                 # when_done: `slot` is the function
+                try:
+                    slot(result, error)
+                except Exception:
+                    log.exception("deferred reply callback %r raised", slot)
+                continue
             if chain.dead or slot.done:
                 continue            # the connection finished: nothing is sent to it
             slot.future = None      # the Future's callback refers to the slot: no cycle
@@ -419,6 +446,11 @@ class Deferrals:
                     out.seal_pending(conn)        # written before what the chain still holds
                     conn._held = chain            # (a closing connection's is cancelled at finish)
                     conn._q = chain
+
+
+def _log_error(conn: Any, result: Any, error: BaseException | None) -> None:
+    if error is not None:
+        log.error("async on_connect of %r raised", conn, exc_info=error)
 
 
 def _outcome(future: Any) -> tuple[Any, BaseException | None]:

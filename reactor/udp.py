@@ -30,11 +30,13 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from functools import partial
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from ._native import KIND_UDP, ffi, lib
 from .connection import CLOSED, OPEN, Connection
+from .deferred import is_deferred
 from .errors import PeerTimeout
 from .udp_peer import UdpPeer, datagram, decode_addr
 
@@ -318,6 +320,9 @@ class UdpEndpoint:
         """Queue one datagram to `peer` (loop thread).  Not bytes-like: TypeError; longer
         than UDP allows: ValueError (both name `source`)."""
         if type(data) is not bytes:
+            if is_deferred(data):            # a Future: its result is the datagram, when done
+                self.loop.deferrals.when_done(data, partial(self._deferred, peer, source))
+                return
             data = datagram(data, source)
         n = len(data)
         if n > self._max:
@@ -332,6 +337,19 @@ class UdpEndpoint:
         peer._last = self.loop.now
         if not self._in_read and not self._writing:
             self._interest(self._reading, True)     # flushed on the writable event
+
+    def _deferred(self, peer: UdpPeer, source: str, result: Any,
+                  error: BaseException | None) -> None:
+        """A deferred reply arrived (loop thread): datagrams need no order, it goes now."""
+        if peer._state or self._closed:
+            return
+        try:
+            if error is not None:
+                raise error
+            if result is not None:
+                self.queue(peer, result, source)
+        except Exception as exc:
+            self.fail(peer, exc)
 
     def queued(self, peer: UdpPeer) -> int:
         """Bytes of `peer`'s datagrams waiting to be sent (pending_write; any thread)."""
@@ -447,7 +465,7 @@ def serve(loop: EventLoop, sock: socket.socket) -> UdpEndpoint:
     thread, at start)."""
     server = loop.server
     opts = server.options
-    ep = UdpEndpoint(loop, sock, server.handler,
+    ep = UdpEndpoint(loop, sock, server.callbacks,
                      idle=DEFAULT_IDLE if opts.idle_timeout is None else opts.idle_timeout,
                      connected=False, read_max=opts.read_buffer_size, high=opts.write_high_water,
                      low=opts.write_low_water, limit=opts.write_limit, admission=server.admission)

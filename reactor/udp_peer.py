@@ -38,6 +38,7 @@ class UdpPeer(Connection):
     sends (UDP has no FIN); pause_reading() drops the peer's datagrams until resumed."""
 
     __slots__ = ("_key", "_ep")
+    ordered = False
 
     def __init__(self, ep: UdpEndpoint, key: bytes, now: float) -> None:
         super().__init__(ep.loop, ep.fd, now)

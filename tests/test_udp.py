@@ -330,3 +330,37 @@ def test_random_sizes_echo_byte_exact_and_oversized_never_truncated() -> None:
             else:
                 assert s.recv(3 * limit) == payload
         assert srv.stats()["datagrams_dropped"].get("too_long", 0) == dropped > 0
+
+
+def test_deferred_replies_futures_and_async_handlers() -> None:
+    """A Future or an `async def on_message` result is the datagram, sent when it is done."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(2)
+
+    class Pooled(Handler):
+        def on_message(self, conn, ctx, data):
+            return pool.submit(lambda d: b"F" + d, bytes(data))
+
+    class Awaiting(Handler):
+        async def on_message(self, conn, ctx, data):
+            await asyncio.sleep(0.001)
+            if data == b"boom":
+                raise ValueError("boom")
+            return b"A" + data
+
+    try:
+        for handler, tag in ((Pooled(), b"F"), (Awaiting(), b"A")):
+            with Server(handler, address="127.0.0.1:0", network="udp") as srv:
+                sock = client()
+                for i in range(20):
+                    sock.sendto(b"m%d" % i, srv.address)
+                got = sorted(sock.recvfrom(100)[0] for _ in range(20))
+                assert got == sorted(tag + b"m%d" % i for i in range(20))
+                if tag == b"A":
+                    sock.sendto(b"boom", srv.address)      # closes that peer, sends nothing
+                    assert nothing_arrives(sock)
+                sock.close()
+    finally:
+        pool.shutdown()
