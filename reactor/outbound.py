@@ -21,13 +21,12 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ringbuf import RingBuffer, ViewBuffer
+from ringbuf import RingBuffer
 
-from .arena import RingRun
 from .connection import CLOSED, OPEN, Connection, ConnectionClosed
-from .deferred import GATE, is_deferred
-from .errors import ProtocolError
+from .deferred import is_deferred
 from .output import bytes_like
+from .unpacking import unpack, unpack_ring
 
 if TYPE_CHECKING:
     from .dialing import Dial
@@ -194,19 +193,8 @@ class Side:
             loop.closer.fail(conn, exc)
 
     def _unpack_ring(self, conn: Connection) -> None:
-        ring = conn._in
-        run = RingRun(ring)
-        buf = ViewBuffer(run.mv)
-        self._unpack(conn, buf)
-        consumed = len(run.mv) - len(buf)
-        del buf
-        kept = run.escaped()
-        if conn._in is not ring:
+        if not unpack_ring(conn, self._unpack, self.read_max):
             return
-        ring.retrieve(consumed)
-        if kept:        # a view of the ring outlived its call: leave the ring to it
-            conn._in = RingBuffer(max(len(ring), self.read_max))
-            conn._in.write(ring.peek_all())
         if conn._state != OPEN:
             return
         loop = conn._loop
@@ -226,31 +214,12 @@ class Side:
             self._unpack_ring(conn)
 
     def _unpack(self, conn: Connection, buf: Any) -> None:
-        unpacket = self.protocol.unpacket
-        on_message = self.handler.on_message
-        closer = conn._loop.closer
-        view_min = self.view_min
-        while conn._state == OPEN and not conn._paused & GATE:
-            before = len(buf)
-            try:
-                msg = unpacket(conn, buf)
-                if msg is None:
-                    break
-                if len(buf) == before:
-                    raise ProtocolError(f"{type(self.protocol).__name__}.unpacket returned a "
-                                        "message without consuming input")
-                data = msg[1]
-                if type(data) is memoryview and len(data) < view_min:
-                    data = data.tobytes()
-                res = on_message(conn, msg[0], data)
-                if res is not None:
-                    self.queue(conn, res, True, self.source)
-            except ProtocolError as exc:
-                closer.bad_input(conn, str(exc), exc)
-                return
-            except Exception as exc:
-                closer.fail(conn, exc)
-                return
+        protocol = self.protocol
+        unpack(conn, buf, protocol, protocol.unpacket, self.handler.on_message, self._reply,
+               self.source, self.view_min)
+
+    def _reply(self, conn: Connection, res: Any, source: str) -> None:
+        self.queue(conn, res, True, source)
 
 
 class OutboundConnection(Connection):

@@ -29,9 +29,9 @@ from ._native import (F_PYREAD, FRAME_TOO_LONG, O_ARENA, O_FRAME, R_DATA, R_EOF,
 from .arena import RingRun
 from .connection import OPEN
 from .deferred import GATE
-from .errors import ProtocolError
 from .filesend import resume_after_handshake
 from .protocol import NativePlan
+from .unpacking import relocate, unpack, unpack_ring
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -401,11 +401,7 @@ class Reader:
 
     def _relocate(self, conn: Connection) -> None:
         """A view of the ring outlived its call: leave the ring to it, go on in a fresh one."""
-        old = conn._in
-        if old is None:
-            return
-        ring = conn._in = RingBuffer(max(len(old), self._read_max))
-        ring.write(old.peek_all())
+        relocate(conn, self._read_max)
 
     def _feed(self, conn: Connection, view: Any) -> None:
         """Generic protocols: run unpacket over the new bytes (plus any leftovers)."""
@@ -446,46 +442,15 @@ class Reader:
             self._unpack_ring(conn)
 
     def _unpack_ring(self, conn: Connection) -> None:
-        ring = conn._in
-        run = RingRun(ring)
-        buf = ViewBuffer(run.mv)
-        self._unpack(conn, buf)
-        consumed = len(run.mv) - len(buf)
-        del buf
-        kept = run.escaped()
-        if conn._in is ring:
-            ring.retrieve(consumed)
-            if kept:
-                self._relocate(conn)
-            if conn._state == OPEN:
-                if not len(conn._in):
-                    self._ring_drained(conn)
-                else:
-                    self._check_pending(conn)
+        if unpack_ring(conn, self._unpack, self._read_max) and conn._state == OPEN:
+            if not len(conn._in):
+                self._ring_drained(conn)
+            else:
+                self._check_pending(conn)
 
     def _unpack(self, conn: Connection, buf: Any) -> None:
-        unpacket = self._unpacket
-        on_message = self._on_message
-        loop = self._loop
-        out = loop.out
-        while conn._state == OPEN and not conn._paused & GATE:
-            before = len(buf)
-            try:
-                msg = unpacket(conn, buf)
-                if msg is None:
-                    break
-                if len(buf) == before:
-                    raise ProtocolError(f"{type(self._protocol).__name__}.unpacket returned a message "
-                                        "without consuming input")
-                res = on_message(conn, msg[0], msg[1])
-                if res is not None:
-                    out.reply(conn, res, self._source)
-            except ProtocolError as exc:
-                loop.closer.bad_input(conn, str(exc), exc)
-                return
-            except Exception as exc:
-                loop.closer.fail(conn, exc)
-                return
+        unpack(conn, buf, self._protocol, self._unpacket, self._on_message, self._loop.out.reply,
+               self._source, 0)
 
     def _check_pending(self, conn: Connection) -> None:
         if conn._in is not None and len(conn._in) > self._max_pending and conn._state == OPEN:
