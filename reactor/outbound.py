@@ -140,17 +140,9 @@ class Side:
             elif not loop.would_block(-res):
                 loop.closer.abort_errno(conn, -res)
             return
-        try:
-            data = os.read(conn._fd, self.read_max)
-        except BlockingIOError:
+        data = self._read_os(conn)
+        if data is None:
             return
-        except OSError as exc:
-            loop.closer.abort_errno(conn, exc.errno or 0)
-            return
-        if not data:
-            loop.closer.peer_eof(conn)
-            return
-        loop.rx += len(data)
         try:
             plain = tls.feed(data)
         except Exception as exc:            # ssl.SSLError: bad records, a certificate refused
@@ -171,20 +163,29 @@ class Side:
         if tls.closed_by_peer and conn._state == OPEN:
             loop.closer.peer_eof(conn)
 
-    def _read_bytes(self, conn: Connection) -> None:
-        """DefaultProtocol without TLS: one read, one message, as bytes (nothing is kept)."""
+    def _read_os(self, conn: Connection) -> bytes | None:
+        """One os.read() of the socket (TLS, or DefaultProtocol's bytes); None when it would
+        block, or when it ended the connection (EOF, error: handed to the closer)."""
         loop = conn._loop
         try:
             data = os.read(conn._fd, self.read_max)
         except BlockingIOError:
-            return
+            return None
         except OSError as exc:
             loop.closer.abort_errno(conn, exc.errno or 0)
-            return
+            return None
         if not data:
             loop.closer.peer_eof(conn)
-            return
+            return None
         loop.rx += len(data)
+        return data
+
+    def _read_bytes(self, conn: Connection) -> None:
+        """DefaultProtocol without TLS: one read, one message, as bytes (nothing is kept)."""
+        loop = conn._loop
+        data = self._read_os(conn)
+        if data is None:
+            return
         try:
             res = self.handler.on_message(conn, None, data)
             if res is not None:
