@@ -18,13 +18,13 @@ import logging
 import os
 import socket
 import stat
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._native import ffi, lib
 from .options import ServerOptions
+from .sockaddr import decode_sockaddr
 from .udp import bind_sockets, is_udp
 
 if TYPE_CHECKING:
@@ -77,19 +77,6 @@ def format_address(address: Any) -> str:
     return str(address)
 
 
-def _decode_sockaddr(raw: bytes) -> Any:
-    """A sockaddr as socket.getpeername() would return it (None for an unknown family)."""
-    family = int.from_bytes(raw[0:2], sys.byteorder)
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, raw[4:8]), int.from_bytes(raw[2:4], "big")
-    if family == socket.AF_INET6:
-        return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), int.from_bytes(raw[2:4], "big"),
-                int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], sys.byteorder))
-    if family == socket.AF_UNIX:
-        return raw[2:].split(b"\0", 1)[0].decode(errors="surrogateescape")
-    return None
-
-
 def sock_name(fd: int, peer: bool) -> Any:
     """getpeername() / getsockname() of a raw fd, or None."""
     if fd < 0:
@@ -114,7 +101,7 @@ class AddressBook:
         if 0 <= fd < self.size:
             raw = bytes(ffi.buffer(self.table + fd * ADDR_ENTRY, ADDR_ENTRY))
             if raw[0] or raw[1]:
-                addr = _decode_sockaddr(raw)
+                addr = decode_sockaddr(raw)
                 if addr is not None:
                     return addr
         return sock_name(fd, True)

@@ -38,7 +38,8 @@ from ._native import KIND_UDP, ffi, lib
 from .connection import CLOSED, OPEN, Connection
 from .deferred import is_deferred
 from .errors import PeerTimeout
-from .udp_peer import UdpPeer, datagram, decode_addr
+from .sockaddr import decode_sockaddr
+from .udp_peer import UdpPeer, datagram
 
 if TYPE_CHECKING:
     from .handler import Handler
@@ -256,7 +257,7 @@ class UdpEndpoint:
         now = monotonic()
         if now - self._warned >= 1.0:       # at most one warning a second (a flood stays quiet)
             self._warned = now
-            who = decode_addr(key) if key else self.local
+            who = decode_sockaddr(key) if key else self.local
             log.warning("dropped a datagram of %d bytes from %s: longer than read_buffer_size "
                         "(%d); %d dropped so far", length, who, self.slot, self.dropped["too_long"])
 
@@ -508,4 +509,4 @@ def dial_udp(loop: EventLoop, address: Any, handler: Handler, *, network: str = 
 
 
 __all__ = ["DEFAULT_IDLE", "NETWORKS", "UDP_BATCH", "UdpEndpoint", "UdpPeer", "bind_sockets",
-           "decode_addr", "dial_udp", "is_udp", "serve"]
+           "dial_udp", "is_udp", "serve"]

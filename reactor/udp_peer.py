@@ -7,29 +7,17 @@ peer table's key) and decoded when asked.
 """
 from __future__ import annotations
 
-import socket
-import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
 from .connection import Connection
 from .errors import ConnectionClosed
+from .sockaddr import decode_sockaddr
 
 if TYPE_CHECKING:
     from .udp import UdpEndpoint
 
 _get_ident = threading.get_ident
-
-
-def decode_addr(raw: bytes) -> Any:
-    """A PG_UDP_ADDR entry as socket.getpeername() returns it."""
-    family = int.from_bytes(raw[0:2], sys.byteorder)
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, raw[4:8]), int.from_bytes(raw[2:4], "big")
-    if family == socket.AF_INET6:
-        return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), int.from_bytes(raw[2:4], "big"),
-                int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], sys.byteorder))
-    return None
 
 
 class UdpPeer(Connection):
@@ -80,7 +68,7 @@ class UdpPeer(Connection):
     @property
     def peer_addr(self) -> Any:
         if self._peer is None and self._key:
-            self._peer = decode_addr(self._key)
+            self._peer = decode_sockaddr(self._key)
         return self._peer
 
     @property
@@ -106,4 +94,4 @@ def datagram(data: Any, source: str) -> bytes:
 
 
 
-__all__ = ["UdpPeer", "datagram", "decode_addr"]
+__all__ = ["UdpPeer", "datagram"]
