@@ -185,11 +185,9 @@ class SendQueue:
             if tls is not None:
                 ring = self._cipher
                 if ring is not None and len(ring):
-                    res = ring._write_to(fd)
+                    res = self._write_ring(ring, fd)
                     if res > 0:
                         total += res
-                        self._n -= res
-                        self._mem -= res
                     if len(ring):
                         break
                 if not segs:
@@ -207,11 +205,9 @@ class SendQueue:
                 break
             seg = segs[0]
             if type(seg) is RingBuffer:
-                res = seg._write_to(fd)
+                res = self._write_ring(seg, fd)
                 if res > 0:
                     total += res
-                    self._n -= res
-                    self._mem -= res
                 if len(seg):
                     break
                 segs.popleft()
@@ -230,6 +226,15 @@ class SendQueue:
                 break
             segs.popleft()
         return total if total > 0 else (res if res < 0 else -errno.EAGAIN if self._n else 0)
+
+    def _write_ring(self, ring: RingBuffer, fd: int) -> int:
+        """Write what the socket takes of a ring of queued bytes (the cipher ring, or bytes
+        between files) and count it off; returns bytes written, else -errno."""
+        res = ring._write_to(fd)
+        if res > 0:
+            self._n -= res
+            self._mem -= res
+        return res
 
     def _encrypt_next(self) -> int:
         """TLS: encrypt the next piece of the queue into the cipher ring; -errno to stop."""
