@@ -468,6 +468,59 @@ static int on_connected(conn_t *c) {
 static void print_json(double window, uint64_t msgs, double scpu, double ccpu, uint64_t min_c, uint64_t max_c,
                        int stalled, int connected);
 
+/* ---- the measurement window (both modes) ---------------------------------------------------- */
+typedef struct {
+    uint64_t t0, t1, msgs0, msgs1, min_c, max_c; /* msgs: the connections' counts summed at each end */
+    double scpu0, scpu1, ccpu0, ccpu1;           /* server (-1: unknown) and own CPU seconds */
+    int stalled;
+} window_t;
+
+static const window_t WINDOW_INIT = {.min_c = UINT64_MAX, .scpu0 = -1, .scpu1 = -1};
+
+/* the warm-up is over: measure from now (then each connection's count is marked) */
+static void window_open(window_t *w) {
+    g_measuring = 1;
+    w->scpu0 = proc_cpu_s(g_pid);
+    w->ccpu0 = self_cpu_s();
+    w->t0 = now_ns();
+}
+
+/* a connection's count as the window opens (returned, to keep as its done_at_start) */
+static uint64_t window_mark(window_t *w, uint64_t done) {
+    w->msgs0 += done;
+    return done;
+}
+
+static void window_close(window_t *w) {
+    w->t1 = now_ns();
+    w->scpu1 = proc_cpu_s(g_pid);
+    w->ccpu1 = self_cpu_s();
+}
+
+/* a connection's count once the window closed; its socket is closed here */
+static void window_count(window_t *w, uint64_t done, uint64_t done_at_start, int fd) {
+    uint64_t d = done - done_at_start;
+    w->msgs1 += done;
+    if (d < w->min_c) w->min_c = d;
+    if (d > w->max_c) w->max_c = d;
+    if (d == 0) w->stalled++;
+    if (fd >= 0) close(fd);
+}
+
+/* the JSON line of the run; returns the exit code */
+static int window_report(window_t *w, int connected) {
+    if (!g_measuring) { /* failed before the window opened */
+        w->min_c = 0;
+        w->stalled = g_conns;
+        w->msgs1 = w->msgs0 = 0;
+    }
+    double window = g_measuring ? (double)(w->t1 - w->t0) / 1e9 : 0.0;
+    if (g_measuring && w->msgs1 == w->msgs0) fail("no reply completed in the %.1f s measurement window", window);
+    double scpu = (w->scpu0 >= 0 && w->scpu1 >= 0) ? w->scpu1 - w->scpu0 : -1.0;
+    print_json(window, w->msgs1 - w->msgs0, scpu, w->ccpu1 - w->ccpu0, w->min_c, w->max_c, w->stalled, connected);
+    return g_error[0] ? 1 : 0;
+}
+
 /* ---- udp mode ---------------------------------------------------------------------------- */
 #define UDP_RESEND_MS 200
 #define UDP_BATCH 64
@@ -625,9 +678,8 @@ static int run_udp(const struct sockaddr_in *sa) {
     g_lost = g_late = 0;
     /* phase 2 + 3: every slot in flight; warm up, then measure */
     uint64_t t0 = now_ns(), t_warm_end = t0 + (uint64_t)(g_warmup * 1e9);
-    uint64_t t_end = t_warm_end + (uint64_t)(g_duration * 1e9), t_win0 = 0, last_scan = t0;
-    uint64_t msgs0 = 0, msgs1 = 0, lost0 = 0;
-    double scpu0 = -1, scpu1 = -1, ccpu0 = 0, ccpu1 = 0;
+    uint64_t t_end = t_warm_end + (uint64_t)(g_duration * 1e9), last_scan = t0, lost0 = 0;
+    window_t w = WINDOW_INIT;
     uint32_t *all = malloc(sizeof(uint32_t) * (size_t)g_pipeline);
     for (int s = 0; s < g_pipeline; s++) all[s] = (uint32_t)s;
     for (int i = 0; i < g_conns && !g_error[0]; i++) {
@@ -637,15 +689,9 @@ static int run_udp(const struct sockaddr_in *sa) {
     while (!g_error[0]) {
         uint64_t now = now_ns();
         if (!g_measuring && now >= t_warm_end) {
-            g_measuring = 1;
-            scpu0 = proc_cpu_s(g_pid);
-            ccpu0 = self_cpu_s();
-            t_win0 = now_ns();
+            window_open(&w);
             lost0 = g_lost;
-            for (int i = 0; i < g_conns; i++) {
-                us[i].done_at_start = us[i].done;
-                msgs0 += us[i].done;
-            }
+            for (int i = 0; i < g_conns; i++) us[i].done_at_start = window_mark(&w, us[i].done);
         }
         if (now >= t_end) break;
         int n = epoll_wait(g_ep, evs, 1024, 20);
@@ -656,26 +702,10 @@ static int run_udp(const struct sockaddr_in *sa) {
             for (int i = 0; i < g_conns && !g_error[0]; i++) udp_resend(&us[i], now, sbuf, g_pipeline);
         }
     }
-    uint64_t t_win1 = now_ns();
-    scpu1 = proc_cpu_s(g_pid);
-    ccpu1 = self_cpu_s();
-    uint64_t min_c = UINT64_MAX, max_c = 0;
-    int stalled = 0;
-    for (int i = 0; i < g_conns; i++) {
-        uint64_t d = us[i].done - us[i].done_at_start;
-        msgs1 += us[i].done;
-        if (d < min_c) min_c = d;
-        if (d > max_c) max_c = d;
-        if (d == 0) stalled++;
-        if (us[i].fd >= 0) close(us[i].fd);
-    }
-    if (!g_measuring) { min_c = 0; stalled = g_conns; msgs1 = msgs0 = 0; }
+    window_close(&w);
+    for (int i = 0; i < g_conns; i++) window_count(&w, us[i].done, us[i].done_at_start, us[i].fd);
     g_lost -= lost0;
-    double window = g_measuring ? (double)(t_win1 - t_win0) / 1e9 : 0.0;
-    if (g_measuring && msgs1 == msgs0) fail("no reply completed in the %.1f s measurement window", window);
-    double scpu = (scpu0 >= 0 && scpu1 >= 0) ? scpu1 - scpu0 : -1.0;
-    print_json(window, msgs1 - msgs0, scpu, ccpu1 - ccpu0, min_c, max_c, stalled, ready);
-    return g_error[0] ? 1 : 0;
+    return window_report(&w, ready);
 }
 
 static void usage(FILE *f) {
@@ -835,9 +865,8 @@ int main(int argc, char **argv) {
 
     /* phase 2 + 3: warm up, then measure */
     uint64_t t0 = now_ns(), t_warm_end = t0 + (uint64_t)(g_warmup * 1e9);
-    uint64_t t_end = t_warm_end + (uint64_t)(g_duration * 1e9), t_win0 = 0, t_win1 = 0;
-    uint64_t msgs0 = 0, msgs1 = 0;
-    double scpu0 = -1, scpu1 = -1, ccpu0 = 0, ccpu1 = 0;
+    uint64_t t_end = t_warm_end + (uint64_t)(g_duration * 1e9);
+    window_t w = WINDOW_INIT;
     if (!g_error[0]) {
         for (int i = 0; i < g_conns && !g_error[0]; i++) {
             g_c[i].state = ST_RUNNING;
@@ -847,14 +876,8 @@ int main(int argc, char **argv) {
     while (!g_error[0]) {
         uint64_t now = now_ns();
         if (!g_measuring && now >= t_warm_end) {
-            g_measuring = 1;
-            scpu0 = proc_cpu_s(g_pid);
-            ccpu0 = self_cpu_s();
-            t_win0 = now_ns();
-            for (int i = 0; i < g_conns; i++) {
-                g_c[i].done_at_start = g_c[i].done;
-                msgs0 += g_c[i].done;
-            }
+            window_open(&w);
+            for (int i = 0; i < g_conns; i++) g_c[i].done_at_start = window_mark(&w, g_c[i].done);
         }
         if (now >= t_end) break;
         uint64_t next = g_measuring ? t_end : t_warm_end;
@@ -867,28 +890,7 @@ int main(int argc, char **argv) {
             if (evs[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) handle_read(c, rbuf, rcap);
         }
     }
-    t_win1 = now_ns();
-    scpu1 = proc_cpu_s(g_pid);
-    ccpu1 = self_cpu_s();
-
-    uint64_t min_c = UINT64_MAX, max_c = 0;
-    int stalled = 0;
-    for (int i = 0; i < g_conns; i++) {
-        uint64_t d = g_c[i].done - g_c[i].done_at_start;
-        msgs1 += g_c[i].done;
-        if (d < min_c) min_c = d;
-        if (d > max_c) max_c = d;
-        if (d == 0) stalled++;
-        if (g_c[i].fd >= 0) close(g_c[i].fd);
-    }
-    if (!g_measuring) { /* failed before the window opened */
-        min_c = 0;
-        stalled = g_conns;
-        msgs1 = msgs0 = 0;
-    }
-    double window = g_measuring ? (double)(t_win1 - t_win0) / 1e9 : 0.0;
-    if (g_measuring && msgs1 == msgs0) fail("no reply completed in the %.1f s measurement window", window);
-    double scpu = (scpu0 >= 0 && scpu1 >= 0) ? scpu1 - scpu0 : -1.0;
-    print_json(window, msgs1 - msgs0, scpu, ccpu1 - ccpu0, min_c, max_c, stalled, ready);
-    return g_error[0] ? 1 : 0;
+    window_close(&w);
+    for (int i = 0; i < g_conns; i++) window_count(&w, g_c[i].done, g_c[i].done_at_start, g_c[i].fd);
+    return window_report(&w, ready);
 }
