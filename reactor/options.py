@@ -66,6 +66,7 @@ class ServerOptions:
     handshake_timeout: float | None = 10.0
     ssl: Any = None
     slow_callback: float | None = 0.1
+    backend: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.address, str):
@@ -94,6 +95,8 @@ class ServerOptions:
         _number("frame_timeout", self.frame_timeout, minimum=0, exclusive=True)
         _number("handshake_timeout", self.handshake_timeout, minimum=0, allow_none=True, exclusive=True)
         _number("slow_callback", self.slow_callback, minimum=0, allow_none=True, exclusive=True)
+        from .backends import check_name
+        check_name(self.backend)
         if self.write_low_water > self.write_high_water:
             raise ValueError(f"write_low_water ({self.write_low_water}) must not exceed "
                              f"write_high_water ({self.write_high_water})")

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from ._native import F_NODELAY
 from .admission import Admission, format_address
+from .backends import resolve as resolve_backend
 from .handler import Handler
 from .loop import EventLoop
 from .options import OPTION_NAMES, LoadBalance, Network, ServerOptions
@@ -51,6 +52,9 @@ class Server:
     handshake_timeout=10.0     TLS handshakes must finish within this (None: no limit)
     ssl=None                   a server-side ssl.SSLContext to serve TLS
     slow_callback=0.1          warn when a turn or timer blocks the loop longer (None: never)
+    backend=None               "epoll" (kqueue on BSD/macOS) or "io_uring" (Linux; OSError where
+                               it cannot be set up); None: $PYGEV_BACKEND or epoll, falling back to
+                               epoll (logged once) where io_uring is unavailable (see backends.py)
     """
 
     def __init__(self, handler: Handler, *, address: str = ":1833", network: Network = "tcp",
@@ -63,7 +67,8 @@ class Server:
                  write_high_water: int = 1 << 20, write_low_water: int | None = None,
                  write_limit: int | None = None, view_threshold: int | None = 4096,
                  frame_timeout: float = 30.0, handshake_timeout: float | None = 10.0,
-                 ssl: Any = None, slow_callback: float | None = 0.1) -> None:
+                 ssl: Any = None, slow_callback: float | None = 0.1,
+                 backend: str | None = None) -> None:
         if isinstance(handler, type):
             raise TypeError(f"handler must be an instance, not the class {handler.__name__} "
                             f"(write {handler.__name__}())")
@@ -89,7 +94,8 @@ class Server:
             read_buffer_size=read_buffer_size, write_high_water=write_high_water,
             write_low_water=write_low_water, write_limit=write_limit,
             view_threshold=view_threshold, frame_timeout=frame_timeout,
-            handshake_timeout=handshake_timeout, ssl=ssl, slow_callback=slow_callback)
+            handshake_timeout=handshake_timeout, ssl=ssl, slow_callback=slow_callback,
+            backend=backend)
         self._setup(handler, protocol if protocol is not None else DefaultProtocol(), options)
 
     @classmethod
@@ -107,6 +113,7 @@ class Server:
         self.workers = options.workers
         self.idle_timeout = options.idle_timeout
         self.metrics_path = options.metrics_path
+        self.backend = resolve_backend(options.backend)    # "epoll" or "io_uring", once
         self._exporter: Any = None
         self._loops = [EventLoop(self, i) for i in range(self.num_loops)]
         self.admission = Admission(options, self._loops)
