@@ -133,6 +133,9 @@ enum { UD_RECV = 1, UD_ACCEPT = 2, UD_POLLOUT = 3, UD_WAKE = 4, UD_SEND = 5, UD_
 #define BGID 0
 #define UIOV_MAX 1024          /* iovecs per send (UIO_MAXIOV); the rest is reported unsent */
 #define ROW_RESERVE 4
+#define HOLD_MAX (256u << 10)  /* held input past this cancels the fd's receive until it drains */
+#define BUFS_FIRST 64          /* buffers given to the kernel at first; doubled on each ENOBUFS, so
+                                  only as many as the peak of one turn ever have pages behind them */
 
 typedef struct {
     uint32_t gen;
@@ -143,6 +146,7 @@ typedef struct {
     uint8_t listed;        /* on the held list */
     uint8_t held_end;      /* held: the stream ended (EOF when held_err is 0) */
     int32_t held_err;
+    uint32_t turn;         /* the last poll that handed over input of this fd */
     char *held;
     uint32_t held_len, held_cap;
 } ufd;
@@ -165,7 +169,7 @@ struct pg_uring {
     size_t br_len;
     char *bufs;
     size_t bufs_len;
-    unsigned nbufs, bufsize;
+    unsigned nbufs, bufsize, live;   /* live: buffers handed out so far (grown on ENOBUFS) */
     uint16_t br_tail;
     int br_dirty;
     /* per fd */
@@ -185,6 +189,7 @@ struct pg_uring {
     int64_t *res, *total;
     int64_t cap_groups;
     int64_t stats[4];
+    uint32_t turn;         /* polls so far */
 };
 
 static int sys_setup(unsigned entries, struct pgu_params *p)
@@ -349,7 +354,8 @@ pg_uring *pg_uring_new(int entries, int nbufs, int bufsize, int nfds, int *err)
     reg.ring_entries = (uint32_t)nbufs;
     reg.bgid = BGID;
     if (sys_register(U->rfd, U_REGISTER_PBUF_RING, &reg, 1) < 0) { *err = errno; goto fail; }
-    for (unsigned i = 0; i < U->nbufs; i++) put_buffer(U, i);
+    U->live = U->nbufs < BUFS_FIRST ? U->nbufs : BUFS_FIRST;
+    for (unsigned i = 0; i < U->live; i++) put_buffer(U, i);
     publish_buffers(U);
 
     U->nfds = nfds;
@@ -536,6 +542,11 @@ static void end_row(uturn *t, int fd, int err)
     else ROW(fd, 0, 0, PG_R_EOF);
 }
 
+/* A connection hands over one chunk of at most read_max bytes per poll, as one epoll read
+   would: messages (and so replies) per turn and backpressure stay as they are with epoll.  A
+   second completion in the same poll is held and goes, joined with what follows, next turn. */
+static int delivered(uturn *t, ufd *f) { return f->turn == t->U->turn; }
+
 static void hold(pg_uring *U, int fd, const char *src, int n, int end, int err)
 {
     ufd *f = &U->fds[fd];
@@ -550,6 +561,11 @@ static void hold(pg_uring *U, int fd, const char *src, int n, int end, int err)
         memcpy(f->held + f->held_len, src, (size_t)n);
         f->held_len += (uint32_t)n;
         U->stats[PG_US_HELD]++;
+        if (f->held_len >= HOLD_MAX && f->rd && !f->rd_cancel) {
+            /* stop receiving until this is handed over: the socket buffer pushes back again */
+            cancel(U, read_ud(f, fd));
+            f->rd_cancel = 1;
+        }
     }
     if (end) { f->held_end = 1; f->held_err = err; }
 listed:
@@ -578,14 +594,21 @@ static void deliver_held(uturn *t)
         if (f->held_len) {
             int64_t n = f->held_len, room = t->L->arena_size - t->used;
             if (n > room) n = room;
+            if (n > t->L->read_max) n = t->L->read_max;
+            if (delivered(t, f)) n = 0;
             int flags = fd < t->L->nflags ? t->L->fdflags[fd] : 0;
-            if (n > 0 || (flags & PG_F_DISCARD)) {
-                if (flags & PG_F_DISCARD) n = f->held_len;
+            if (flags & PG_F_DISCARD) n = f->held_len;
+            if (n > 0) {
                 deliver(t, fd, f->held, n);
+                f->turn = U->turn;
                 memmove(f->held, f->held + n, f->held_len - (size_t)n);
                 f->held_len -= (uint32_t)n;
             }
-            if (f->held_len) { U->held[k++] = fd; continue; }
+            if (f->held_len) {
+                if (f->want_r && !f->rd && !f->held_end && f->held_len < HOLD_MAX) arm_read(U, fd);
+                U->held[k++] = fd;
+                continue;
+            }
         }
         if (f->held_end) { end_row(t, fd, f->held_err); f->held_end = 0; f->held_err = 0; }
         else if (f->want_r && !f->rd) arm_read(U, fd);
@@ -616,8 +639,9 @@ static int handle_cqe(uturn *t, const struct pgu_cqe *c)
         }
         const char *src = has_buf ? U->bufs + (size_t)bid * U->bufsize : NULL;
         if (res > 0 && src) {
-            if (!f->want_r || f->held_len || f->held_end) hold(U, fd, src, res, 0, 0);
+            if (!f->want_r || f->held_len || f->held_end || delivered(t, f)) hold(U, fd, src, res, 0, 0);
             else if (deliver(t, fd, src, res)) return 1;
+            else f->turn = U->turn;
         } else if (res == 0) {
             if (!f->want_r || f->held_len || f->held_end) hold(U, fd, NULL, 0, 1, 0);
             else { if (rows_left(t) < 1) return 1; end_row(t, fd, 0); }
@@ -632,9 +656,14 @@ static int handle_cqe(uturn *t, const struct pgu_cqe *c)
             return 0;
         }
         if (has_buf) put_buffer(U, bid);
+        if (res == -ENOBUFS && U->live < U->nbufs) {
+            unsigned to = U->live * 2 < U->nbufs ? U->live * 2 : U->nbufs;
+            for (unsigned i = U->live; i < to; i++) put_buffer(U, i);
+            U->live = to;
+        }
         if (!more) {
             f->rd = 0;
-            if (f->want_r && !f->held_end) { arm_read(U, fd); U->stats[PG_US_REARMS]++; }
+            if (f->want_r && !f->held_end && f->held_len < HOLD_MAX) { arm_read(U, fd); U->stats[PG_US_REARMS]++; }
         }
         return 0;
     }
@@ -712,6 +741,7 @@ int pg_uring_poll(pg_loop *L, int timeout_ms)
 {
     pg_uring *U = L->backend;
     uturn t = {L, U, 0, 0};
+    U->turn++;
     if (U->nheld) deliver_held(&t);
     int ready = t.nr > 0 || U->pend_pos < U->npend || *U->cq_head != load_acq(U->cq_tail);
     int r = 0;
