@@ -100,6 +100,10 @@ _Static_assert(sizeof(struct pgu_params) == 120, "io_uring_params is 120 bytes")
 #define U_OP_RECV 27
 
 #define U_SETUP_CQSIZE (1U << 3)
+#define U_SETUP_R_DISABLED (1U << 6)
+#define U_SETUP_SINGLE_ISSUER (1U << 12)
+#define U_SETUP_DEFER_TASKRUN (1U << 13)
+#define U_REGISTER_ENABLE_RINGS 12
 #define U_SETUP_SUBMIT_ALL (1U << 7)
 #define U_SETUP_COOP_TASKRUN (1U << 8)
 #define U_SETUP_TASKRUN_FLAG (1U << 9)
@@ -119,6 +123,8 @@ _Static_assert(sizeof(struct pgu_params) == 120, "io_uring_params is 120 bytes")
 #define U_ACCEPT_MULTISHOT (1U << 0)
 #define U_POLL_ADD_MULTI (1U << 0)
 #define U_REGISTER_PBUF_RING 22
+#define U_CANCEL_ALL (1U << 0)
+#define U_CANCEL_ANY (1U << 2)
 #define U_OFF_SQ_RING 0ULL
 #define U_OFF_CQ_RING 0x8000000ULL
 #define U_OFF_SQES 0x10000000ULL
@@ -154,6 +160,7 @@ typedef struct {
 struct pg_uring {
     int rfd;
     unsigned features;
+    int disabled;          /* created disabled (single issuer): pg_uring_enable on the loop's thread */
     /* submission queue */
     unsigned *sq_head, *sq_tail, *sq_flags, *sq_array;
     unsigned sq_entries, sq_mask, sq_local;     /* sq_local: our tail, published before enter */
@@ -257,8 +264,22 @@ static void publish_buffers(pg_uring *U)
 void pg_uring_free(pg_uring *U)
 {
     if (!U) return;
+    if (U->rfd >= 0 && U->sqes && !U->disabled) {
+        /* Cancel everything now, with what is queued (cancels of fds just closed): closing the
+           ring alone cancels its requests later, from a kernel worker, and until then they keep
+           their files - a listener would go on accepting. */
+        struct pgu_sqe *s = get_sqe(U);
+        if (s) {
+            s->opcode = U_OP_ASYNC_CANCEL;
+            s->fd = -1;
+            s->op_flags = U_CANCEL_ANY | U_CANCEL_ALL;
+            s->user_data = UD(UD_CANCEL, 0, 0);
+        }
+        submit(U, 0, U_ENTER_GETEVENTS, NULL, 0);
+        submit(U, 0, U_ENTER_GETEVENTS, NULL, 0);      /* the cancelled requests' task work */
+    }
     if (U->rfd >= 0) {
-        /* accepted fds nobody will see: close them (the rest is cancelled with the ring) */
+        /* accepted fds nobody will see: close them */
         for (int i = U->pend_pos; i < U->npend; i++)
             if (UD_OP(U->pend[i].user_data) == UD_ACCEPT && U->pend[i].res >= 0) close(U->pend[i].res);
         if (U->cq_head) {
@@ -297,9 +318,13 @@ pg_uring *pg_uring_new(int entries, int nbufs, int bufsize, int nfds, int *err)
     if (!U) { *err = ENOMEM; return NULL; }
     U->rfd = -1;
     struct pgu_params p;
-    unsigned tries[3] = {U_SETUP_CQSIZE | U_SETUP_SUBMIT_ALL | U_SETUP_COOP_TASKRUN | U_SETUP_TASKRUN_FLAG,
+    /* Best first: completions' task work deferred to our own io_uring_enter (6.1+: no wake-up
+       per received packet), then cooperative task work (5.19+), then the plain ring. */
+    unsigned tries[4] = {U_SETUP_CQSIZE | U_SETUP_SUBMIT_ALL | U_SETUP_SINGLE_ISSUER | U_SETUP_DEFER_TASKRUN
+                             | U_SETUP_R_DISABLED,
+                         U_SETUP_CQSIZE | U_SETUP_SUBMIT_ALL | U_SETUP_COOP_TASKRUN | U_SETUP_TASKRUN_FLAG,
                          U_SETUP_CQSIZE | U_SETUP_SUBMIT_ALL, U_SETUP_CQSIZE};
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         memset(&p, 0, sizeof p);
         p.flags = tries[i];
         p.cq_entries = (unsigned)entries * 4;
@@ -308,6 +333,7 @@ pg_uring *pg_uring_new(int entries, int nbufs, int bufsize, int nfds, int *err)
     }
     if (U->rfd < 0) { *err = errno; goto fail; }
     U->features = p.features;
+    U->disabled = (p.flags & U_SETUP_R_DISABLED) != 0;
     if (!(p.features & U_FEAT_NODROP) || !(p.features & U_FEAT_EXT_ARG) || !(p.features & U_FEAT_FAST_POLL)) {
         *err = ENOSYS;          /* a kernel older than 5.11: not worth supporting */
         goto fail;
@@ -370,11 +396,22 @@ fail:
 
 void pg_uring_attach(pg_uring *U, pg_loop *L) { L->backend = U; }
 
+/* Called on the thread that will submit (a single-issuer ring binds to it): from now on only
+   that thread may call poll, flush and ctl. */
+int pg_uring_enable(pg_uring *U)
+{
+    if (!U->disabled) return 0;
+    if (sys_register(U->rfd, U_REGISTER_ENABLE_RINGS, NULL, 0) < 0) return -errno;
+    U->disabled = 0;
+    return 0;
+}
+
 int pg_uring_probe(void)
 {
     int err;
     pg_uring *U = pg_uring_new(8, 8, 4096, 16, &err);
     if (!U) return -err;
+    if ((err = pg_uring_enable(U)) < 0) { pg_uring_free(U); return err; }
     /* multishot receive needs 6.0: arm one on a socketpair and see that it is accepted */
     int sv[2];
     int res = 0;
@@ -924,6 +961,7 @@ pg_uring *pg_uring_new(int entries, int nbufs, int bufsize, int nfds, int *err)
     return NULL;
 }
 void pg_uring_attach(pg_uring *U, pg_loop *L) { (void)U; (void)L; }
+int pg_uring_enable(pg_uring *U) { (void)U; return -ENOSYS; }
 void pg_uring_free(pg_uring *U) { (void)U; }
 int pg_uring_ctl(pg_uring *U, int op, int fd, int kind, int readable, int writable)
 {

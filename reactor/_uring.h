@@ -13,6 +13,7 @@ typedef struct pg_uring pg_uring;
 
 pg_uring *pg_uring_new(int entries, int nbufs, int bufsize, int nfds, int *err);
 void pg_uring_attach(pg_uring *U, pg_loop *L);
+int pg_uring_enable(pg_uring *U);
 void pg_uring_free(pg_uring *U);
 int pg_uring_ctl(pg_uring *U, int op, int fd, int kind, int readable, int writable);
 void pg_uring_forget(pg_uring *U, int fd);

@@ -294,6 +294,7 @@ class EventLoop:
         self.thread_id = threading.get_ident()
         self._running = True
         try:
+            self._poller.enable()       # io_uring: the ring binds to this thread
             while True:
                 if self._stopping and self._stop_step():
                     break

@@ -39,6 +39,9 @@ class Poller:
         """Hand the native loop struct what the poll needs from us."""
         L.pfd = self.fd
 
+    def enable(self) -> None:
+        """On the loop's thread, before its first turn (nothing to do for epoll)."""
+
     def add(self, fd: int, kind: int, readable: bool = True, writable: bool = False) -> None:
         check(lib.pg_ctl(self.fd, _ADD, fd, kind, readable, writable), "poller add")
 

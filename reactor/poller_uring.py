@@ -41,6 +41,13 @@ class UringPoller:
     def attach(self, L: Any) -> None:
         lib.pg_uring_attach(self._U, L)
 
+    def enable(self) -> None:
+        """On the loop's thread, before its first turn: a single-issuer ring binds to it."""
+        res = lib.pg_uring_enable(self._U)
+        if res < 0:
+            import os
+            raise OSError(-res, f"io_uring enable: {os.strerror(-res)}")
+
     def add(self, fd: int, kind: int, readable: bool = True, writable: bool = False) -> None:
         lib.pg_uring_ctl(self._U, _ADD, fd, kind, readable, writable)
 
