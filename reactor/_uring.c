@@ -573,6 +573,21 @@ static int deliver(uturn *t, int fd, const char *src, int64_t n)
     return 0;
 }
 
+/* Raw reads: a second completion of fd this poll that lands right behind its first one in the
+   arena joins that row (one read, as epoll's would have been), up to read_max.  1 if joined. */
+static int join_last(uturn *t, int fd, const char *src, int64_t n)
+{
+    pg_loop *L = t->L;
+    if (L->codec.type || !t->nr || fd >= L->nflags || (L->fdflags[fd] & (PG_F_PYREAD | PG_F_DISCARD))) return 0;
+    int32_t *last = L->rows + 4 * (t->nr - 1);
+    if (last[0] != fd || last[3] != PG_R_DATA || last[1] + (int64_t)last[2] != t->used) return 0;
+    if (last[2] + n > L->read_max || L->arena_size - t->used < n) return 0;
+    memcpy(L->arena + t->used, src, (size_t)n);
+    t->used += n;
+    last[2] += (int32_t)n;
+    return 1;
+}
+
 static void end_row(uturn *t, int fd, int err)
 {
     if (err) ROW(fd, err, 0, PG_R_ERROR);
@@ -676,7 +691,8 @@ static int handle_cqe(uturn *t, const struct pgu_cqe *c)
         }
         const char *src = has_buf ? U->bufs + (size_t)bid * U->bufsize : NULL;
         if (res > 0 && src) {
-            if (!f->want_r || f->held_len || f->held_end || delivered(t, f)) hold(U, fd, src, res, 0, 0);
+            if (!f->want_r || f->held_len || f->held_end) hold(U, fd, src, res, 0, 0);
+            else if (delivered(t, f)) { if (!join_last(t, fd, src, res)) hold(U, fd, src, res, 0, 0); }
             else if (deliver(t, fd, src, res)) return 1;
             else f->turn = U->turn;
         } else if (res == 0) {

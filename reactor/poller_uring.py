@@ -18,7 +18,7 @@ from ._native import ffi, lib
 _ADD, _MODIFY = 1, 2
 SQ_ENTRIES = 4096           # the CQ is 4x this
 BUFFERS = 2048              # provided receive buffers (a power of two) ...
-BUFFER_MAX = 16384          # ... of min(read_buffer_size, this) bytes each
+BUFFER_MAX = 65536          # ... of min(read_buffer_size, this) bytes each (pages touched as used)
 
 
 class UringPoller:
