@@ -153,6 +153,7 @@ typedef struct {
     uint8_t held_end;      /* held: the stream ended (EOF when held_err is 0) */
     int32_t held_err;
     uint32_t turn;         /* the last poll that handed over input of this fd */
+    int32_t row;           /* ... and its PG_R_DATA row there (raw reads), else -1 */
     char *held;
     uint32_t held_len, held_cap;
 } ufd;
@@ -573,18 +574,31 @@ static int deliver(uturn *t, int fd, const char *src, int64_t n)
     return 0;
 }
 
-/* Raw reads: a second completion of fd this poll that lands right behind its first one in the
-   arena joins that row (one read, as epoll's would have been), up to read_max.  1 if joined. */
-static int join_last(uturn *t, int fd, const char *src, int64_t n)
+/* A second completion of fd in one poll.  Raw reads: it joins the fd's row - in place when that
+   row ends the arena, else the row moves to the end first - so a connection still gets one
+   read of at most read_max per turn, as with epoll.  Split (codec) reads: the chunk's frames
+   follow (behind a PG_R_PARTIAL tail, if any, as PG_R_PARTIAL).  1 if handed over. */
+static int join_read(uturn *t, ufd *f, int fd, const char *src, int64_t n)
 {
     pg_loop *L = t->L;
-    if (L->codec.type || !t->nr || fd >= L->nflags || (L->fdflags[fd] & (PG_F_PYREAD | PG_F_DISCARD))) return 0;
-    int32_t *last = L->rows + 4 * (t->nr - 1);
-    if (last[0] != fd || last[3] != PG_R_DATA || last[1] + (int64_t)last[2] != t->used) return 0;
-    if (last[2] + n > L->read_max || L->arena_size - t->used < n) return 0;
+    if (fd >= L->nflags || (L->fdflags[fd] & PG_F_DISCARD)) return 0;
+    if (L->codec.type) return deliver(t, fd, src, n) == 0;
+    if (f->row < 0 || f->row >= t->nr) return 0;
+    int32_t *row = L->rows + 4 * f->row;
+    int64_t at = row[1], len = row[2];
+    if (row[0] != fd || row[3] != PG_R_DATA || len + n > L->read_max) return 0;
+    if (at + len != t->used) {
+        if (L->arena_size - t->used < len + n) return 0;
+        memmove(L->arena + t->used, L->arena + at, (size_t)len);
+        at = t->used;
+        t->used += len;
+        row[1] = (int32_t)at;
+    } else if (L->arena_size - t->used < n) {
+        return 0;
+    }
     memcpy(L->arena + t->used, src, (size_t)n);
     t->used += n;
-    last[2] += (int32_t)n;
+    row[2] = (int32_t)(len + n);
     return 1;
 }
 
@@ -598,6 +612,17 @@ static void end_row(uturn *t, int fd, int err)
    would: messages (and so replies) per turn and backpressure stay as they are with epoll.  A
    second completion in the same poll is held and goes, joined with what follows, next turn. */
 static int delivered(uturn *t, ufd *f) { return f->turn == t->U->turn; }
+
+/* Just handed over: remember the turn, and the row when it is one raw read. */
+static void mark_delivered(uturn *t, ufd *f, int fd)
+{
+    f->turn = t->U->turn;
+    f->row = -1;
+    if (t->nr && !t->L->codec.type) {
+        int32_t *last = t->L->rows + 4 * (t->nr - 1);
+        if (last[0] == fd && last[3] == PG_R_DATA) f->row = t->nr - 1;
+    }
+}
 
 static void hold(pg_uring *U, int fd, const char *src, int n, int end, int err)
 {
@@ -652,7 +677,7 @@ static void deliver_held(uturn *t)
             if (flags & PG_F_DISCARD) n = f->held_len;
             if (n > 0) {
                 deliver(t, fd, f->held, n);
-                f->turn = U->turn;
+                mark_delivered(t, f, fd);
                 memmove(f->held, f->held + n, f->held_len - (size_t)n);
                 f->held_len -= (uint32_t)n;
             }
@@ -692,9 +717,9 @@ static int handle_cqe(uturn *t, const struct pgu_cqe *c)
         const char *src = has_buf ? U->bufs + (size_t)bid * U->bufsize : NULL;
         if (res > 0 && src) {
             if (!f->want_r || f->held_len || f->held_end) hold(U, fd, src, res, 0, 0);
-            else if (delivered(t, f)) { if (!join_last(t, fd, src, res)) hold(U, fd, src, res, 0, 0); }
+            else if (delivered(t, f)) { if (!join_read(t, f, fd, src, res)) hold(U, fd, src, res, 0, 0); }
             else if (deliver(t, fd, src, res)) return 1;
-            else f->turn = U->turn;
+            else mark_delivered(t, f, fd);
         } else if (res == 0) {
             if (!f->want_r || f->held_len || f->held_end) hold(U, fd, NULL, 0, 1, 0);
             else { if (rows_left(t) < 1) return 1; end_row(t, fd, 0); }
