@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Literal
 
 from ._native import lib
+
+Backend = Literal["epoll", "io_uring"]
 
 log = logging.getLogger("reactor.backends")
 
@@ -87,4 +90,4 @@ def resolve(requested: str | None) -> str:
     return requested
 
 
-__all__ = ["BACKENDS", "DEFAULT", "check_name", "resolve", "uring_unavailable"]
+__all__ = ["BACKENDS", "Backend", "DEFAULT", "check_name", "resolve", "uring_unavailable"]

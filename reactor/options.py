@@ -9,6 +9,8 @@ import ssl as _ssl
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
+from .backends import Backend, check_name
+
 Network = Literal["tcp", "tcp4", "tcp6", "unix"]
 LoadBalance = Literal["round_robin", "least_connections", "source_addr_hash"]
 NETWORKS = ("tcp", "tcp4", "tcp6", "unix")
@@ -66,7 +68,7 @@ class ServerOptions:
     handshake_timeout: float | None = 10.0
     ssl: Any = None
     slow_callback: float | None = 0.1
-    backend: str | None = None
+    backend: Backend | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.address, str):
@@ -95,7 +97,6 @@ class ServerOptions:
         _number("frame_timeout", self.frame_timeout, minimum=0, exclusive=True)
         _number("handshake_timeout", self.handshake_timeout, minimum=0, allow_none=True, exclusive=True)
         _number("slow_callback", self.slow_callback, minimum=0, allow_none=True, exclusive=True)
-        from .backends import check_name
         check_name(self.backend)
         if self.write_low_water > self.write_high_water:
             raise ValueError(f"write_low_water ({self.write_low_water}) must not exceed "

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from ._native import F_NODELAY
 from .admission import Admission, format_address
+from .backends import Backend
 from .backends import resolve as resolve_backend
 from .handler import Handler
 from .loop import EventLoop
@@ -68,7 +69,7 @@ class Server:
                  write_limit: int | None = None, view_threshold: int | None = 4096,
                  frame_timeout: float = 30.0, handshake_timeout: float | None = 10.0,
                  ssl: Any = None, slow_callback: float | None = 0.1,
-                 backend: str | None = None) -> None:
+                 backend: Backend | None = None) -> None:
         if isinstance(handler, type):
             raise TypeError(f"handler must be an instance, not the class {handler.__name__} "
                             f"(write {handler.__name__}())")
