@@ -119,6 +119,8 @@ _Static_assert(sizeof(struct pgu_params) == 120, "io_uring_params is 120 bytes")
 #define U_SQE_CQE_SKIP_SUCCESS (1U << 6)
 #define U_CQE_F_BUFFER (1U << 0)
 #define U_CQE_F_MORE (1U << 1)
+#define U_CQE_F_BUF_MORE (1U << 4)
+#define U_PBUF_RING_INC 2
 #define U_RECV_MULTISHOT (1U << 1)
 #define U_ACCEPT_MULTISHOT (1U << 0)
 #define U_POLL_ADD_MULTI (1U << 0)
@@ -178,6 +180,8 @@ struct pg_uring {
     char *bufs;
     size_t bufs_len;
     unsigned nbufs, bufsize, live;   /* live: buffers handed out so far (grown on ENOBUFS) */
+    int inc;               /* incremental consumption (6.12+): small receives pack together */
+    uint32_t *boff;        /* incremental: bytes of each buffer consumed so far */
     uint16_t br_tail;
     int br_dirty;
     /* per fd */
@@ -248,8 +252,22 @@ static void put_buffer(pg_uring *U, unsigned bid)
     b->addr = (uint64_t)(uintptr_t)(U->bufs + (size_t)bid * U->bufsize);
     b->len = U->bufsize;
     b->bid = (uint16_t)bid;
+    if (U->boff) U->boff[bid] = 0;
     U->br_tail++;
     U->br_dirty = 1;
+}
+
+/* A completion's buffer is done with (its bytes copied out): incremental buffers go back once
+   the kernel has moved past them (no IORING_CQE_F_BUF_MORE), others at once. */
+static void release_buffer(pg_uring *U, const struct pgu_cqe *c)
+{
+    unsigned bid = c->flags >> 16;
+    if (bid >= U->nbufs) return;
+    if (U->inc) {
+        if (c->res > 0) U->boff[bid] += (uint32_t)c->res;
+        if (c->flags & U_CQE_F_BUF_MORE) return;
+    }
+    put_buffer(U, bid);
 }
 
 static void publish_buffers(pg_uring *U)
@@ -302,7 +320,7 @@ void pg_uring_free(pg_uring *U)
         for (int i = 0; i < U->nfds; i++) free(U->fds[i].held);
         free(U->fds);
     }
-    free(U->pend); free(U->held); free(U->iov); free(U->hdr); free(U->msg); free(U->res); free(U->total);
+    free(U->boff); free(U->pend); free(U->held); free(U->iov); free(U->hdr); free(U->msg); free(U->res); free(U->total);
     free(U);
 }
 
@@ -380,7 +398,16 @@ pg_uring *pg_uring_new(int entries, int nbufs, int bufsize, int nfds, int *err)
     reg.ring_addr = (uint64_t)(uintptr_t)U->br;
     reg.ring_entries = (uint32_t)nbufs;
     reg.bgid = BGID;
-    if (sys_register(U->rfd, U_REGISTER_PBUF_RING, &reg, 1) < 0) { *err = errno; goto fail; }
+    /* Incremental consumption where the kernel has it: receives are packed back to back into
+       the head buffer (as epoll reads are into the arena), not one buffer (and page) each. */
+    U->boff = calloc((size_t)nbufs, sizeof(uint32_t));
+    if (!U->boff) { *err = ENOMEM; goto fail; }
+    reg.flags = U_PBUF_RING_INC;
+    U->inc = sys_register(U->rfd, U_REGISTER_PBUF_RING, &reg, 1) == 0;
+    if (!U->inc) {
+        reg.flags = 0;
+        if (sys_register(U->rfd, U_REGISTER_PBUF_RING, &reg, 1) < 0) { *err = errno; goto fail; }
+    }
     U->live = U->nbufs < BUFS_FIRST ? U->nbufs : BUFS_FIRST;
     for (unsigned i = 0; i < U->live; i++) put_buffer(U, i);
     publish_buffers(U);
@@ -439,6 +466,7 @@ int pg_uring_probe(void)
 
 int64_t pg_uring_stat(pg_uring *U, int what)
 {
+    if (what == PG_US_INCREMENTAL) return U->inc;
     return what >= 0 && what < 4 ? U->stats[what] : -1;
 }
 
@@ -710,11 +738,11 @@ static int handle_cqe(uturn *t, const struct pgu_cqe *c)
         int has_buf = (c->flags & U_CQE_F_BUFFER) != 0;
         unsigned bid = c->flags >> 16;
         if (stale) {
-            if (has_buf) put_buffer(U, bid);
+            if (has_buf) release_buffer(U, c);
             U->stats[PG_US_STALE]++;
             return 0;
         }
-        const char *src = has_buf ? U->bufs + (size_t)bid * U->bufsize : NULL;
+        const char *src = has_buf ? U->bufs + (size_t)bid * U->bufsize + U->boff[bid] : NULL;
         if (res > 0 && src) {
             if (!f->want_r || f->held_len || f->held_end) hold(U, fd, src, res, 0, 0);
             else if (delivered(t, f)) { if (!join_read(t, f, fd, src, res)) hold(U, fd, src, res, 0, 0); }
@@ -724,16 +752,16 @@ static int handle_cqe(uturn *t, const struct pgu_cqe *c)
             if (!f->want_r || f->held_len || f->held_end) hold(U, fd, NULL, 0, 1, 0);
             else { if (rows_left(t) < 1) return 1; end_row(t, fd, 0); }
             f->rd = 0;
-            if (has_buf) put_buffer(U, bid);
+            if (has_buf) release_buffer(U, c);
             return 0;
         } else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
             if (!f->want_r || f->held_len || f->held_end) hold(U, fd, NULL, 0, 1, -res);
             else { if (rows_left(t) < 1) return 1; end_row(t, fd, -res); }
             f->rd = 0;
-            if (has_buf) put_buffer(U, bid);
+            if (has_buf) release_buffer(U, c);
             return 0;
         }
-        if (has_buf) put_buffer(U, bid);
+        if (has_buf) release_buffer(U, c);
         if (res == -ENOBUFS && U->live < U->nbufs) {
             unsigned to = U->live * 2 < U->nbufs ? U->live * 2 : U->nbufs;
             for (unsigned i = U->live; i < to; i++) put_buffer(U, i);

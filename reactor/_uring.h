@@ -28,3 +28,4 @@ int64_t pg_uring_stat(pg_uring *U, int what);
 #define PG_US_REARMS 1       /* multishot receives armed again (ENOBUFS, cancel, ...) */
 #define PG_US_STALE 2        /* completions dropped because their fd was forgotten */
 #define PG_US_HELD 3         /* receives held back because reading was paused */
+#define PG_US_INCREMENTAL 4  /* 1 when the provided buffers are consumed incrementally (6.12+) */
