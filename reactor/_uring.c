@@ -742,7 +742,12 @@ static int handle_cqe(uturn *t, const struct pgu_cqe *c)
             U->stats[PG_US_STALE]++;
             return 0;
         }
-        const char *src = has_buf ? U->bufs + (size_t)bid * U->bufsize + U->boff[bid] : NULL;
+        const char *src = has_buf && bid < U->nbufs ? U->bufs + (size_t)bid * U->bufsize + U->boff[bid] : NULL;
+        if ((has_buf && !src) || (src && res > 0 && (uint64_t)U->boff[bid] + (uint64_t)res > U->bufsize)) {
+            /* never read outside a buffer: an accounting the kernel does not match ends the fd */
+            src = NULL;
+            res = -EIO;
+        }
         if (res > 0 && src) {
             if (!f->want_r || f->held_len || f->held_end) hold(U, fd, src, res, 0, 0);
             else if (delivered(t, f)) { if (!join_read(t, f, fd, src, res)) hold(U, fd, src, res, 0, 0); }
@@ -757,6 +762,7 @@ static int handle_cqe(uturn *t, const struct pgu_cqe *c)
         } else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
             if (!f->want_r || f->held_len || f->held_end) hold(U, fd, NULL, 0, 1, -res);
             else { if (rows_left(t) < 1) return 1; end_row(t, fd, -res); }
+            if (more) cancel(U, read_ud(f, fd));     /* ours (EIO): the receive is still armed */
             f->rd = 0;
             if (has_buf) release_buffer(U, c);
             return 0;
