@@ -6,7 +6,8 @@ The C lives in real files beside the package each module serves; this file only 
   mirrored memfd mappings and readv/writev between a file descriptor and ring memory.
 * ``reactor._reactor_native`` from ``reactor/_reactor.c`` (declarations in
   ``reactor/_reactor.h``): the per-turn I/O glue (poll + read into the arena + frame splitting,
-  flush of every connection's output).
+  flush of every connection's output), and ``reactor/_uring.c`` (``reactor/_uring.h``): the
+  same poll and flush over io_uring (direct syscalls, no liburing).
 
 Each header is both the cdef cffi parses and the header the C source includes, so a struct or a
 constant is written once.  Build: ``pip install -e .`` runs this through setup.py's
@@ -25,19 +26,23 @@ def _rel(*parts: str) -> str:
     return os.path.relpath(os.path.join(_HERE, *parts))
 
 
-def _builder(module: str, package: str, header: str, source: str) -> FFI:
+def _builder(module: str, package: str, headers: list[str], sources: list[str]) -> FFI:
     ffi = FFI()
-    with open(os.path.join(_HERE, package, header)) as f:
-        ffi.cdef(f.read())
-    ffi.set_source(module, f'#include <stdint.h>\n#include <stddef.h>\n#include "{header}"\n',
-                   sources=[_rel(package, source)], include_dirs=[_rel(package)],
-                   depends=[_rel(package, header)], extra_compile_args=["-O2"],
+    for header in headers:
+        with open(os.path.join(_HERE, package, header)) as f:
+            ffi.cdef(f.read())
+    includes = "".join(f'#include "{header}"\n' for header in headers)
+    ffi.set_source(module, f'#include <stdint.h>\n#include <stddef.h>\n{includes}',
+                   sources=[_rel(package, source) for source in sources], include_dirs=[_rel(package)],
+                   depends=[_rel(package, header) for header in headers], extra_compile_args=["-O2"],
                    py_limited_api=True)
     return ffi
 
 
-ring_ffi = _builder("ringbuf._ringbuf_native", "ringbuf", "_ring.h", "_ring.c")
-reactor_ffi = _builder("reactor._reactor_native", "reactor", "_reactor.h", "_reactor.c")
+ring_ffi = _builder("ringbuf._ringbuf_native", "ringbuf", ["_ring.h"], ["_ring.c"])
+# _uring.h (the io_uring backend, _uring.c) is read after _reactor.h: it uses pg_loop
+reactor_ffi = _builder("reactor._reactor_native", "reactor", ["_reactor.h", "_uring.h"],
+                       ["_reactor.c", "_uring.c"])
 
 if __name__ == "__main__":
     wanted = set(sys.argv[1:]) or {"ring", "reactor"}

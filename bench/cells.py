@@ -316,6 +316,7 @@ CELLS: list[Cell] = [
     EchoCell("raw64x1", "raw", "echo shortcut: raw 64 B, 1 connection", conns=1),
     EchoCell("raw64x50", "raw", "echo shortcut: raw 64 B, 50 connections"),
     EchoCell("raw64x1000", "raw", "echo shortcut: raw 64 B, 1000 connections", conns=1000),
+    EchoCell("raw64x10000", "raw", "echo shortcut: raw 64 B, 10000 connections", conns=10000),
     EchoCell("raw1kx50", "raw", "echo shortcut: raw 1 KiB, 50 connections", size=1024),
     EchoCell("raw16kx50", "raw", "echo shortcut: raw 16 KiB, 50 connections", size=16384),
     EchoCell("raw64x50p16", "raw", "echo shortcut: raw 64 B, 50 connections, 16 pipelined", pipeline=16),

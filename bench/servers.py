@@ -37,6 +37,7 @@ class ServerSpec:
     hint: str = ""  # where a missing program comes from
     upstream: tuple[str, ...] = ()  # a server this one forwards to ("{upstream}" in argv is its port)
     udp: bool = False  # serves UDP on the port (readiness is an echoed datagram, not a TCP connect)
+    env: tuple[tuple[str, str], ...] = ()  # extra environment (pygev-uring: PYGEV_BACKEND)
 
     def missing(self) -> str | None:
         """Why this server cannot start here (a missing file, program or module), or None."""
@@ -167,6 +168,20 @@ SERVERS: list[ServerSpec] = [
 ]
 
 
+def _uring_twins() -> list[ServerSpec]:
+    """Every pygev server again on the io_uring backend, named pygev-uring (pygev-batch-uring)."""
+    twins = []
+    for spec in SERVERS:
+        if spec.name.startswith("pygev"):
+            name = spec.name.replace("pygev", "pygev-uring", 1)
+            twins.append(ServerSpec(name, spec.kind, spec.label + " (io_uring)", spec.argv, spec.modules,
+                                    spec.hint, (("PYGEV_BACKEND", "io_uring"),)))
+    return twins
+
+
+SERVERS += _uring_twins()
+
+
 def server_names() -> list[str]:
     """Every registered name, in registry order, without repeats."""
     return list(dict.fromkeys(spec.name for spec in SERVERS))
@@ -226,7 +241,7 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **dict(spec.env)},
         )
 
     @property

@@ -141,6 +141,35 @@ static int accept_nb(int lfd, struct sockaddr_storage *ss, socklen_t *sl)
 #endif
 }
 
+/* The rows for `r` bytes of fd just read into the arena at `at` (frames split by the codec, the
+   unfinished tail as PG_R_PARTIAL; PG_R_DATA without a codec), starting at row `nr`; returns
+   the new row count.  Shared with the io_uring backend (_uring.c). */
+int pg_read_rows(pg_loop *L, int fd, int64_t at, int64_t r, int nr)
+{
+    int32_t *rows = L->rows;
+    if (L->codec.type) {
+        int first = nr;
+        int64_t done = split_frames(&L->codec, (unsigned char *)L->arena + at, r, fd, at,
+                                    rows, &nr, L->maxrows - ROW_RESERVE);
+        if (done > 0 && L->codec.lines && nr - first > 1) {
+            int small = 1;   /* one row for the run when every frame is small */
+            for (int i = first; i < nr && small; i++)
+                small = rows[4 * i + 3] == PG_R_FRAME && rows[4 * i + 2] < L->codec.small;
+            if (small) { nr = first; ROW(fd, at, done, PG_R_LINES); }
+        }
+        if (done >= 0 && done < r) ROW(fd, at + done, r - done, PG_R_PARTIAL);
+    } else {
+        ROW(fd, at, r, PG_R_DATA);
+    }
+    return nr;
+}
+
+/* FNV-1a of a peer address (source_addr_hash balancing); shared with _uring.c. */
+int32_t pg_addr_hash(const struct sockaddr_storage *ss)
+{
+    return addr_hash(ss);
+}
+
 typedef struct {
     pg_loop *L;
     int64_t used;     /* arena bytes filled this turn */
@@ -204,20 +233,7 @@ static void handle_event(turn_t *t, int fd, int kind, int readable, int writable
                     if (r > 0) {
                         int64_t at = t->used;
                         t->used += r;
-                        if (L->codec.type) {
-                            int first = nr;
-                            int64_t done = split_frames(&L->codec, (unsigned char *)L->arena + at, r, fd, at,
-                                                        rows, &nr, L->maxrows - ROW_RESERVE);
-                            if (done > 0 && L->codec.lines && nr - first > 1) {
-                                int small = 1;   /* one row for the run when every frame is small */
-                                for (int i = first; i < nr && small; i++)
-                                    small = rows[4 * i + 3] == PG_R_FRAME && rows[4 * i + 2] < L->codec.small;
-                                if (small) { nr = first; ROW(fd, at, done, PG_R_LINES); }
-                            }
-                            if (done >= 0 && done < r) ROW(fd, at + done, r - done, PG_R_PARTIAL);
-                        } else {
-                            ROW(fd, at, r, PG_R_DATA);
-                        }
+                        nr = pg_read_rows(L, fd, at, r, nr);
                     } else if (r == 0) {
                         ROW(fd, 0, 0, PG_R_EOF);
                     } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {

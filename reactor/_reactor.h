@@ -50,6 +50,7 @@ typedef struct {
     int hdr_width, hdr_little;        /* PG_O_FRAME: length prefix */
     const char *suffix; int suffix_len;          /* PG_O_FRAME: delimiter */
     int64_t *shortw; int nshort;      /* short writes of the last flush: (group, written, queued) */
+    void *backend;                    /* io_uring backend: its pg_uring (see _uring.h), else NULL */
 } pg_loop;
 
 #define PG_K_CONN 0

@@ -218,13 +218,13 @@ class Closer:
             self.draining[fd] = loop.now + LINGER_DRAIN
         else:
             loop.set_flag(fd, 0)
-            lib.pg_close(fd)
+            loop.poller.close_fd(fd)
 
     def drained(self, fd: int) -> None:
         """A lingering fd saw the peer's FIN (or an error), or its time is up: close it."""
         if self.draining.pop(fd, None) is not None:
             self._loop.set_flag(fd, 0)
-            lib.pg_close(fd)
+            self._loop.poller.close_fd(fd)
 
     # ------------------------------------------------------------------------------------
     # deadlines

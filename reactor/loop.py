@@ -41,6 +41,7 @@ from .errors import OutputLimitExceeded
 from .filesend import SendQueue
 from .output import Output
 from .poller import Poller
+from .poller_uring import UringPoller
 from .arena import Arena
 from .reading import MAX_ROWS, Reader
 from .stats import TURN_BUCKETS
@@ -91,6 +92,7 @@ class EventLoop:
         self.turn_counts = [0] * (len(TURN_BUCKETS) + 1)
         self.turn_sum = 0.0
         self._L: Any = None           # the native pg_loop struct, once opened
+        self._poll = lib.pg_poll      # the backend's poll, chosen at open
         plan = None if self.tls else self.protocol.native_plan()
         self._plan = plan
         packet = self.protocol.packet if plan is None or plan.reply == "packet" else None
@@ -111,7 +113,9 @@ class EventLoop:
     def open(self, addresses: Any) -> None:
         """Create the poller, wake-up fd and native buffers (on start, never at construction).
         `addresses`: the server's AddressBook of accepted peers (the accepting loop fills it)."""
-        self.poller = self._poller = Poller()
+        self._nflags = fd_table_size()
+        backend = UringPoller if self.server.backend == "io_uring" else Poller
+        self.poller = self._poller = backend(self.server.options.read_buffer_size, self._nflags)
         wake = ffi.new("int[2]")
         check(lib.pg_wake_open(wake), "eventfd")
         self._wake_r, self._wake_w = wake[0], wake[1]
@@ -121,18 +125,18 @@ class EventLoop:
         self._events = raw("char[]", Poller.event_size() * MAX_EVENTS)
         self.rows = ffi.new("int32_t[]", 4 * MAX_ROWS)
         self.rows_mv = memoryview(ffi.buffer(self.rows)).cast("i")
-        self._nflags = fd_table_size()
         self._flags = ffi.new("unsigned char[]", self._nflags)
         self.addresses = addresses
         # One struct carries all of the above to the glue: each call passes a single pointer.
         L = self._L = ffi.new("pg_loop *")
-        L.pfd = self._poller.fd
+        self._poller.attach(L)
+        self._poll = self._poller.poll_fn
         L.events, L.maxev = self._events, MAX_EVENTS
         L.fdflags, L.nflags = self._flags, self._nflags
         L.arena, L.arena_size, L.read_max = self.arena.cdata, ARENA_SIZE, self.server.options.read_buffer_size
         L.rows, L.maxrows = self.rows, MAX_ROWS
         L.addrs, L.addr_size = addresses.table, ADDR_ENTRY
-        self.out.bind(L)
+        self.out.bind(L, self._poller.flush_fn)
         self.codec = ffi.addressof(L, "codec")
         configure_codec(self.codec, self._plan.split if self._plan is not None else None)
         if self.reader.lines:
@@ -326,6 +330,7 @@ class EventLoop:
         self.thread_id = threading.get_ident()
         self._running = True
         try:
+            self._poller.enable()       # io_uring: the ring binds to this thread
             while True:
                 if self._stopping and self._stop_step():
                     break
@@ -354,7 +359,7 @@ class EventLoop:
                 timeout = 0
             elif self._stopping and timeout > 100:
                 timeout = 100
-        nrows = lib.pg_poll(self._L, timeout)
+        nrows = self._poll(self._L, timeout)
         self._wake_pending = False    # the poll consumed the wake-up: the next post writes again
         self.now = now = monotonic()
         if nrows > 0:
@@ -551,6 +556,8 @@ class EventLoop:
             return
         self._stopping = True
         if self.index == 0:
+            for sock in self.server.admission.listeners:
+                self._poller.forget(sock.fileno())     # io_uring: cancel the accept first
             self.server.admission.close_listeners()
         self.dialer.stop()
         for ep in list(self.datagrams.values()):

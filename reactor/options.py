@@ -9,6 +9,8 @@ import ssl as _ssl
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
+from .backends import Backend, check_name
+
 Network = Literal["tcp", "tcp4", "tcp6", "unix", "udp", "udp4", "udp6"]
 LoadBalance = Literal["round_robin", "least_connections", "source_addr_hash"]
 NETWORKS = ("tcp", "tcp4", "tcp6", "unix", "udp", "udp4", "udp6")
@@ -85,6 +87,7 @@ class ServerOptions:
     ssl: Any = None
     slow_callback: float | None = 0.1
     max_pending_replies: int = 64
+    backend: Backend | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.address, str):
@@ -114,6 +117,7 @@ class ServerOptions:
         _number("handshake_timeout", self.handshake_timeout, minimum=0, allow_none=True, exclusive=True)
         _number("slow_callback", self.slow_callback, minimum=0, allow_none=True, exclusive=True)
         _number("max_pending_replies", self.max_pending_replies, minimum=1, integer=True)
+        check_name(self.backend)
         if self.write_low_water > self.write_high_water:
             raise ValueError(f"write_low_water ({self.write_low_water}) must not exceed "
                              f"write_high_water ({self.write_high_water})")

@@ -123,9 +123,10 @@ class Output:
         self.sent_bytes = 0
         self.backpressure_pauses = 0
 
-    def bind(self, L: Any) -> None:
-        """Attach the native loop struct (at open)."""
+    def bind(self, L: Any, flush: Any = lib.pg_flush) -> None:
+        """Attach the native loop struct and the backend's flush (at open)."""
         self._L = L
+        self._flush = flush
         L.ptrs = self._ptrs
         L.shortw = self._short
         L.hdr_width = self._hdr_width
@@ -342,7 +343,7 @@ class Output:
         L.blob = blob
         if 3 * len(groups) > len(self._short):
             self._short = L.shortw = ffi.new("int64_t[]", 3 * len(groups))
-        self.sent_bytes += lib.pg_flush(L, spec, len(spec))
+        self.sent_bytes += self._flush(L, spec, len(spec))
         nshort = L.nshort
         if nshort:
             self._short_writes(groups, spec, ffi.unpack(self._short, 3 * nshort))

@@ -13,6 +13,8 @@ from typing import Any, Callable
 from ._native import F_NODELAY
 from .admission import Admission, format_address
 from .coroutines import AsyncRunner, CoroutineHandler, coroutine_callbacks
+from .backends import Backend
+from .backends import resolve as resolve_backend
 from .handler import Handler
 from .loop import EventLoop
 from .options import OPTION_NAMES, LoadBalance, Network, ServerOptions, check_handler
@@ -57,6 +59,9 @@ class Server:
     handshake_timeout=10.0     TLS handshakes must finish within this (None: no limit)
     ssl=None                   a server-side ssl.SSLContext to serve TLS
     slow_callback=0.1          warn when a turn or timer blocks the loop longer (None: never)
+    backend=None               "epoll" (kqueue on BSD/macOS) or "io_uring" (Linux; OSError where
+                               it cannot be set up); None: $PYGEV_BACKEND or epoll, falling back to
+                               epoll (logged once) where io_uring is unavailable (see backends.py)
     max_pending_replies=64     deferred replies (Futures, coroutines) a connection may have
                                pending; at the cap its further messages wait and it is not read
 
@@ -76,7 +81,7 @@ class Server:
                  write_limit: int | None = None, view_threshold: int | None = 4096,
                  frame_timeout: float = 30.0, handshake_timeout: float | None = 10.0,
                  ssl: Any = None, slow_callback: float | None = 0.1,
-                 max_pending_replies: int = 64) -> None:
+                 max_pending_replies: int = 64, backend: Backend | None = None) -> None:
         check_handler(handler, protocol)
         if is_udp(network) and protocol is not None and type(protocol) is not DefaultProtocol:
             raise ValueError(f"protocol: protocols do not apply to UDP (network={network!r}): "
@@ -96,7 +101,7 @@ class Server:
             write_low_water=write_low_water, write_limit=write_limit,
             view_threshold=view_threshold, frame_timeout=frame_timeout,
             handshake_timeout=handshake_timeout, ssl=ssl, slow_callback=slow_callback,
-            max_pending_replies=max_pending_replies)
+            max_pending_replies=max_pending_replies, backend=backend)
         self._setup(handler, protocol if protocol is not None else DefaultProtocol(), options)
 
     @classmethod
@@ -121,6 +126,7 @@ class Server:
         self.workers = options.workers
         self.idle_timeout = options.idle_timeout
         self.metrics_path = options.metrics_path
+        self.backend = resolve_backend(options.backend)    # "epoll" or "io_uring", once
         self._exporter: Any = None
         self._loops = [EventLoop(self, i) for i in range(self.num_loops)]
         self.admission = Admission(options, self._loops)

@@ -22,3 +22,13 @@ settings.register_profile(
 settings.register_profile("explore", parent=settings.get_profile("pygev"), max_examples=2000,
                            derandomize=False)
 settings.load_profile(os.environ.get("PYGEV_HYPOTHESIS_PROFILE", "pygev"))
+
+
+def pytest_report_header() -> str:
+    """Which backend `Server(backend=None)` uses in this run (PYGEV_BACKEND=io_uring selects it)."""
+    from reactor.backends import resolve
+    why = ""
+    if os.environ.get("PYGEV_BACKEND") == "io_uring":
+        from reactor.backends import uring_unavailable
+        why = uring_unavailable()
+    return f"pygev backend: {resolve(None)}" + (f" (io_uring unavailable: {why})" if why else "")
