@@ -133,7 +133,9 @@ _Static_assert(sizeof(struct pgu_params) == 120, "io_uring_params is 120 bytes")
 
 /* ---- state ------------------------------------------------------------------------------------ */
 
-enum { UD_RECV = 1, UD_ACCEPT = 2, UD_POLLOUT = 3, UD_WAKE = 4, UD_SEND = 5, UD_CANCEL = 6 };
+enum { UD_RECV = 1, UD_ACCEPT = 2, UD_POLLOUT = 3, UD_WAKE = 4, UD_SEND = 5, UD_CANCEL = 6,
+       UD_PREAD = 7,     /* readiness poll: Python reads (PG_F_PYREAD conns, UDP sockets) */
+       UD_PERR = 8 };    /* a paused connection's error watch (a reset must still end it) */
 #define UD(op, gen, fd) (((uint64_t)(op) << 56) | ((uint64_t)((gen) & 0xffffffu) << 32) | (uint32_t)(fd))
 #define UD_OP(u) ((int)((u) >> 56))
 #define UD_GEN(u) ((uint32_t)(((u) >> 32) & 0xffffffu))
@@ -150,12 +152,15 @@ typedef struct {
     uint8_t kind, want_r, want_w;
     uint8_t rd;            /* the read-side request (recv / accept / wake poll) is in flight */
     uint8_t rd_cancel;     /* ... and a cancel for it has been queued */
+    uint8_t rd_poll;       /* ... and it is a readiness poll (UD_PREAD), not a receive */
+    uint8_t watch;         /* the error watch (UD_PERR) is in flight */
     uint8_t wr;            /* the POLLOUT request is in flight */
     uint8_t listed;        /* on the held list */
     uint8_t held_end;      /* held: the stream ended (EOF when held_err is 0) */
     int32_t held_err;
     uint32_t turn;         /* the last poll that handed over input of this fd */
     int32_t row;           /* ... and its PG_R_DATA row there (raw reads), else -1 */
+    int64_t turn_bytes;    /* ... and how many bytes it handed over in that poll */
     char *held;
     uint32_t held_len, held_cap;
 } ufd;
@@ -202,6 +207,7 @@ struct pg_uring {
     int64_t cap_groups;
     int64_t stats[4];
     uint32_t turn;         /* polls so far */
+    pg_loop *L;            /* the loop attached (its per-fd flags choose receive or readiness) */
 };
 
 static int sys_setup(unsigned entries, struct pgu_params *p)
@@ -422,7 +428,7 @@ fail:
     return NULL;
 }
 
-void pg_uring_attach(pg_uring *U, pg_loop *L) { L->backend = U; }
+void pg_uring_attach(pg_uring *U, pg_loop *L) { L->backend = U; U->L = L; }
 
 /* Called on the thread that will submit (a single-issuer ring binds to it): from now on only
    that thread may call poll, flush and ctl. */
@@ -488,20 +494,47 @@ static void arm_read(pg_uring *U, int fd)
         s->len = U_POLL_ADD_MULTI;
         s->op_flags = POLLIN;
         s->user_data = UD(UD_WAKE, f->gen, fd);
+    } else if (f->kind == PG_K_UDP
+               || (U->L && fd < U->L->nflags && (U->L->fdflags[fd] & PG_F_PYREAD)
+                   && !f->held_len && !f->held_end)) {
+        /* Python reads this fd itself (datagrams, or a ring behind leftovers / a dialed
+           connection): report readiness.  One-shot, re-armed on completion: level-triggered,
+           as epoll is, so a socket left unread is reported again.  Never while bytes received
+           earlier are held here: Python's read would overtake them. */
+        s->opcode = U_OP_POLL_ADD;
+        s->op_flags = POLLIN;
+        s->user_data = UD(UD_PREAD, f->gen, fd);
+        f->rd_poll = 1;
     } else {
         s->opcode = U_OP_RECV;
         s->ioprio = U_RECV_MULTISHOT;
         s->flags = U_SQE_BUFFER_SELECT;
         s->buf_group = BGID;
         s->user_data = UD(UD_RECV, f->gen, fd);
+        f->rd_poll = 0;
     }
     f->rd = 1;
     f->rd_cancel = 0;
 }
 
+/* Paused connections: no receive is armed, but a reset must still end the connection (epoll
+   reports EPOLLERR whatever the interest).  A poll with no events completes on POLLERR/POLLHUP. */
+static void arm_watch(pg_uring *U, int fd)
+{
+    ufd *f = &U->fds[fd];
+    struct pgu_sqe *s = get_sqe(U);
+    if (!s) return;
+    s->opcode = U_OP_POLL_ADD;
+    s->fd = fd;
+    s->op_flags = 0;
+    s->user_data = UD(UD_PERR, f->gen, fd);
+    f->watch = 1;
+}
+
 static uint64_t read_ud(ufd *f, int fd)
 {
-    int op = f->kind == PG_K_LISTEN ? UD_ACCEPT : f->kind == PG_K_WAKE ? UD_WAKE : UD_RECV;
+    int op = f->kind == PG_K_LISTEN ? UD_ACCEPT : f->kind == PG_K_WAKE ? UD_WAKE
+             : f->rd_poll ? UD_PREAD : UD_RECV;
     return UD(op, f->gen, fd);
 }
 
@@ -536,7 +569,7 @@ int pg_uring_ctl(pg_uring *U, int op, int fd, int kind, int readable, int writab
     if (op == 1) {
         if (f->rd || f->wr) pg_uring_forget(U, fd);     /* closed without forget: drop the old */
         f->kind = (uint8_t)kind;
-        f->rd = f->rd_cancel = f->wr = 0;
+        f->rd = f->rd_cancel = f->rd_poll = f->watch = f->wr = 0;
         f->held_len = 0; f->held_end = 0; f->held_err = 0;
     } else if (op != 2) {
         return -EINVAL;
@@ -545,6 +578,11 @@ int pg_uring_ctl(pg_uring *U, int op, int fd, int kind, int readable, int writab
     f->want_w = (uint8_t)(writable != 0);
     if (f->want_r && !f->rd) arm_read(U, fd);
     else if (!f->want_r && f->rd && !f->rd_cancel) { cancel(U, read_ud(f, fd)); f->rd_cancel = 1; }
+    if (f->kind == PG_K_CONN) {       /* (POLLOUT, when armed, reports errors itself) */
+        int idle = !f->want_r && !f->want_w;
+        if (idle && !f->watch) arm_watch(U, fd);
+        else if (!idle && f->watch) { cancel(U, UD(UD_PERR, f->gen, fd)); f->watch = 0; }
+    }
     if (f->want_w && !f->wr) arm_pollout(U, fd);
     return 0;
 }
@@ -555,8 +593,9 @@ void pg_uring_forget(pg_uring *U, int fd)
     ufd *f = &U->fds[fd];
     if (f->rd) cancel(U, read_ud(f, fd));
     if (f->wr) cancel(U, UD(UD_POLLOUT, f->gen, fd));
+    if (f->watch) cancel(U, UD(UD_PERR, f->gen, fd));
     f->gen++;
-    f->rd = f->rd_cancel = f->wr = f->want_r = f->want_w = 0;
+    f->rd = f->rd_cancel = f->rd_poll = f->watch = f->wr = f->want_r = f->want_w = 0;
     f->held_len = 0; f->held_end = 0; f->held_err = 0;
 }
 
@@ -610,7 +649,11 @@ static int join_read(uturn *t, ufd *f, int fd, const char *src, int64_t n)
 {
     pg_loop *L = t->L;
     if (fd >= L->nflags || (L->fdflags[fd] & PG_F_DISCARD)) return 0;
-    if (L->codec.type) return deliver(t, fd, src, n) == 0;
+    if (L->codec.type) {      /* frames follow, up to read_max a poll (the rest is held) */
+        if (f->turn_bytes + n > L->read_max || deliver(t, fd, src, n)) return 0;
+        f->turn_bytes += n;
+        return 1;
+    }
     if (f->row < 0 || f->row >= t->nr) return 0;
     int32_t *row = L->rows + 4 * f->row;
     int64_t at = row[1], len = row[2];
@@ -642,9 +685,10 @@ static void end_row(uturn *t, int fd, int err)
 static int delivered(uturn *t, ufd *f) { return f->turn == t->U->turn; }
 
 /* Just handed over: remember the turn, and the row when it is one raw read. */
-static void mark_delivered(uturn *t, ufd *f, int fd)
+static void mark_delivered(uturn *t, ufd *f, int fd, int64_t n)
 {
     f->turn = t->U->turn;
+    f->turn_bytes = n;
     f->row = -1;
     if (t->nr && !t->L->codec.type) {
         int32_t *last = t->L->rows + 4 * (t->nr - 1);
@@ -705,7 +749,7 @@ static void deliver_held(uturn *t)
             if (flags & PG_F_DISCARD) n = f->held_len;
             if (n > 0) {
                 deliver(t, fd, f->held, n);
-                mark_delivered(t, f, fd);
+                mark_delivered(t, f, fd, n);
                 memmove(f->held, f->held + n, f->held_len - (size_t)n);
                 f->held_len -= (uint32_t)n;
             }
@@ -752,7 +796,7 @@ static int handle_cqe(uturn *t, const struct pgu_cqe *c)
             if (!f->want_r || f->held_len || f->held_end) hold(U, fd, src, res, 0, 0);
             else if (delivered(t, f)) { if (!join_read(t, f, fd, src, res)) hold(U, fd, src, res, 0, 0); }
             else if (deliver(t, fd, src, res)) return 1;
-            else mark_delivered(t, f, fd);
+            else mark_delivered(t, f, fd, res);
         } else if (res == 0) {
             if (!f->want_r || f->held_len || f->held_end) hold(U, fd, NULL, 0, 1, 0);
             else { if (rows_left(t) < 1) return 1; end_row(t, fd, 0); }
@@ -824,8 +868,31 @@ static int handle_cqe(uturn *t, const struct pgu_cqe *c)
         if (!f->want_w) return 0;
         if (res == -ECANCELED || res == -EINTR) { arm_pollout(U, fd); return 0; }
         if (rows_left(t) < 1) { f->wr = 1; return 1; }
-        ROW(fd, 0, 0, PG_R_WRITABLE);     /* an error too: the write that follows reports it */
+        if (f->kind == PG_K_UDP) ROW(fd, 2, 0, PG_R_UDP);
+        else ROW(fd, 0, 0, PG_R_WRITABLE);     /* an error too: the write that follows reports it */
         return 0;
+    }
+    if (op == UD_PREAD) {
+        f->rd = 0;
+        f->rd_poll = 0;
+        if (!f->want_r) return 0;                 /* cancelled: reading paused */
+        if (res == -ECANCELED || res == -EINTR) { arm_read(U, fd); return 0; }
+        if (rows_left(t) < 1) { f->rd = 1; f->rd_poll = 1; return 1; }
+        if (f->kind == PG_K_UDP) ROW(fd, 1, 0, PG_R_UDP);
+        else ROW(fd, 0, 0, PG_R_READABLE);        /* an error too: the read reports it */
+        arm_read(U, fd);          /* submitted after Python has read: still readable -> again */
+        return 0;
+    }
+    if (op == UD_PERR) {
+        f->watch = 0;
+        if (f->want_r || f->want_w || res == -ECANCELED) return 0;
+        int err = 0;
+        socklen_t el = sizeof err;
+        if (res > 0 && (res & POLLERR) && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err) {
+            if (rows_left(t) < 1) { f->watch = 1; return 1; }
+            ROW(fd, err, 0, PG_R_ERROR);          /* a reset while paused */
+        }
+        return 0;                                 /* a hang-up is seen when reading resumes */
     }
     return 0;
 }
