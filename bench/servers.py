@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,8 +174,8 @@ def _uring_twins() -> list[ServerSpec]:
     for spec in SERVERS:
         if spec.name.startswith("pygev"):
             name = spec.name.replace("pygev", "pygev-uring", 1)
-            twins.append(ServerSpec(name, spec.kind, spec.label + " (io_uring)", spec.argv, spec.modules,
-                                    spec.hint, (("PYGEV_BACKEND", "io_uring"),)))
+            twins.append(replace(spec, name=name, label=spec.label + " (io_uring)",
+                                 env=(("PYGEV_BACKEND", "io_uring"),)))
     return twins
 
 
