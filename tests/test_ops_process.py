@@ -163,6 +163,13 @@ def wait_for_metrics(metrics: Any, expected: dict[str, float]) -> dict[str, floa
         time.sleep(0.05)
 
 
+def replaced(pid: int, gone: set[int]) -> bool:
+    """Two workers, none of them in `gone` - read from one snapshot of /proc (two reads could
+    see the victim still alive, then not yet succeeded)."""
+    pids = child_pids(pid)
+    return len(pids) == 2 and not pids & gone
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -198,8 +205,7 @@ def test_workers_share_the_port_restart_a_killed_worker_and_report_metrics_toget
 
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
-        wait_until(lambda: len(child_pids(srv.pid)) == 2 and victim not in child_pids(srv.pid),
-                   what="the killed worker to be replaced")
+        wait_until(lambda: replaced(srv.pid, {victim}), what="the killed worker to be replaced")
         new_workers = child_pids(srv.pid)
         assert new_workers - workers, "the parent did not start a new worker"
 
@@ -257,8 +263,7 @@ def test_unix_socket_workers_share_one_listener_and_the_parent_removes_the_path(
         wait_until(lambda: len(child_pids(srv.pid)) == 2, what="two workers")
         victim = min(child_pids(srv.pid))
         os.kill(victim, signal.SIGKILL)     # a dying worker must not remove the shared path
-        wait_until(lambda: len(child_pids(srv.pid)) == 2 and victim not in child_pids(srv.pid),
-                   what="the killed worker to be replaced")
+        wait_until(lambda: replaced(srv.pid, {victim}), what="the killed worker to be replaced")
         for i in range(10):
             with socket.socket(socket.AF_UNIX) as s:
                 s.settimeout(TIMEOUT)
