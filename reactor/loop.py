@@ -44,7 +44,7 @@ from .poller import Poller
 from .poller_uring import UringPoller
 from .arena import Arena
 from .reading import MAX_ROWS, Reader
-from .stats import TURN_BUCKETS
+from .stats import TURN_BUCKETS, warn_slow_turn
 from .timers import Timer, TimerQueue
 from .tls import TlsSession
 
@@ -382,21 +382,8 @@ class EventLoop:
         self.turn_counts[bisect.bisect_left(TURN_BUCKETS, spent)] += 1
         self.turn_sum += spent
         if self._slow and spent > self._slow:
-            self._slow_turn(spent, nrows, (t_read - now, t_inbox - t_read, t_timers - t_inbox,
-                                           end - t_timers))
-
-    def _slow_turn(self, spent: float, nrows: int, phases: tuple[float, ...]) -> None:
-        """Warn about a turn that blocked the loop, naming the part of it that took the time."""
-        what = (f"handling {nrows} events (reads, closes and {type(self.handler).__qualname__}'s "
-                "callbacks)",
-                "calls posted from other threads (send(), close(), call_soon())",
-                "timer callbacks", "writing output (bytes the kernel did not take are copied to "
-                "the connections' output rings)")
-        slowest = max(range(4), key=phases.__getitem__)
-        if slowest == 2:
-            return          # each slow timer callback was named already
-        log.warning("slow loop turn in loop %d: %.3f s, %.3f s of it in %s", self.index, spent,
-                    phases[slowest], what[slowest])
+            warn_slow_turn(self.index, type(self.handler).__qualname__, spent, nrows,
+                           (t_read - now, t_inbox - t_read, t_timers - t_inbox, end - t_timers))
 
     def orphan_row(self, fd: int, a: int, b: int, code: int) -> None:
         """A row without a connection: accepts, accept errors, lingering closes, UDP sockets."""
@@ -529,23 +516,8 @@ class EventLoop:
                 log.exception("error in a call posted to loop %d", self.index)
 
     def _run_timers(self) -> None:
-        now = monotonic()
-        self._deadline = None
-        for timer in self._timers.pop_due(now):
-            started = monotonic()
-            try:
-                timer.fn(*timer.args)
-            except Exception:
-                log.exception("timer callback %r raised", timer.fn)
-            finally:
-                spent = monotonic() - started
-                if self._slow and spent > self._slow:
-                    log.warning("slow callback: timer %s took %.3f s, blocking loop %d",
-                                getattr(timer.fn, "__qualname__", timer.fn), spent, self.index)
-            if timer.interval and not timer.cancelled:
-                timer.when = max(timer.when + timer.interval, now)
-                self._timers.push(timer)
-        self._deadline = self._timers.next_deadline()
+        self._deadline = None           # timers scheduled by the callbacks set it again
+        self._deadline = self._timers.run_due(monotonic(), self._slow, self.index)
 
     def start_housekeeping(self) -> None:
         self.run_every(self.closer.sweep_period(), self.closer.sweep)

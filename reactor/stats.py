@@ -4,10 +4,13 @@ scrape may see one turn's counters half-updated, which a monotonic counter toler
 `dial_failed` count the dialed ones (loop.connect)."""
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .loop import EventLoop
+
+log = logging.getLogger("reactor.loop")
 
 #: Upper bounds (seconds) of the loop-turn histogram buckets.
 TURN_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
@@ -18,6 +21,21 @@ CLOSE_REASONS = ("peer", "local", "reset", "error", "idle", "stop", "bad_input",
                  "write_limit", "timeout", "handshake_timeout", "frame_timeout")
 
 Stats = dict[str, Any]
+
+
+def warn_slow_turn(index: int, handler: str, spent: float, nrows: int,
+                   phases: tuple[float, ...]) -> None:
+    """Warn about a turn that blocked loop `index`, naming the part of it that took the time
+    (phases: reading and callbacks, posted calls, timers, writing)."""
+    what = (f"handling {nrows} events (reads, closes and {handler}'s callbacks)",
+            "calls posted from other threads (send(), close(), call_soon())",
+            "timer callbacks", "writing output (bytes the kernel did not take are copied to "
+            "the connections' output rings)")
+    slowest = max(range(4), key=phases.__getitem__)
+    if slowest == 2:
+        return          # each slow timer callback was named already
+    log.warning("slow loop turn in loop %d: %.3f s, %.3f s of it in %s", index, spent,
+                phases[slowest], what[slowest])
 
 
 def empty_stats() -> Stats:

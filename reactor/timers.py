@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
+from time import monotonic
 from typing import Any, Callable
+
+log = logging.getLogger("reactor.loop")
 
 
 class Timer:
@@ -56,6 +60,25 @@ class TimerQueue:
             if not timer.cancelled:
                 due.append(timer)
         return due
+
+    def run_due(self, now: float, slow: float | None, index: int) -> float | None:
+        """Run the timers due at `now` on loop `index` (one raising is logged, one slower than
+        `slow` named), re-arm the repeating ones; returns the next deadline."""
+        for timer in self.pop_due(now):
+            started = monotonic()
+            try:
+                timer.fn(*timer.args)
+            except Exception:
+                log.exception("timer callback %r raised", timer.fn)
+            finally:
+                spent = monotonic() - started
+                if slow and spent > slow:
+                    log.warning("slow callback: timer %s took %.3f s, blocking loop %d",
+                                getattr(timer.fn, "__qualname__", timer.fn), spent, index)
+            if timer.interval and not timer.cancelled:
+                timer.when = max(timer.when + timer.interval, now)
+                self.push(timer)
+        return self.next_deadline()
 
     def __len__(self) -> int:
         return len(self._heap)
