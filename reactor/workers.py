@@ -45,6 +45,8 @@ log = logging.getLogger("reactor.workers")
 
 #: Seconds between two stats reports from a worker to the parent.
 PUBLISH_INTERVAL = 0.25
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
 #: Seconds a worker gets, beyond the stop timeout, to exit after SIGTERM before SIGKILL.
 STOP_GRACE = 5.0
 #: With stop(None) a worker still flushing after this many seconds (+ STOP_GRACE) is killed.
@@ -194,7 +196,12 @@ class WorkerPool:
     def _spawn(self, worker: _Worker) -> None:
         stats_r, stats_w = os.pipe()
         parent_fds = self._parent_only_fds() + [stats_r]
+        # Until the child has its own handlers, a SIGTERM / SIGINT would run the parent's (and be
+        # lost): both stay blocked across the fork and the child unblocks them once it is ready.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         pid = os.fork()
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if pid == 0:  # child: never returns
             code = 1
             try:
@@ -371,6 +378,8 @@ class _WorkerChild:
         server = self.server = self.parent.worker_copy()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)   # blocked by _spawn: a
+        # SIGTERM that came meanwhile is handled now, and stops this server before it serves
         parent = os.getppid()
         _set_parent_death_signal(signal.SIGTERM)
         if os.getppid() != parent:  # the parent died before the line above
