@@ -17,15 +17,11 @@ import warnings
 from typing import Any, Iterator
 
 import pytest
+import uvloop                 # a test dependency (pyproject's test extra): pygev's own loop uses it
 from support import TIMEOUT, Recorder, closed_by_peer, connect, recv_exactly, recv_to_eof, serve, wait_until
 
 from reactor import Connection, Handler, Server
 from reactor.codec import LengthFieldProtocol, LineProtocol
-
-try:
-    import uvloop
-except ImportError:          # pragma: no cover - uvloop is in this project's dev environment
-    uvloop = None
 
 
 def answer(request: bytes) -> bytes:
@@ -147,8 +143,7 @@ def test_async_on_message_replies_in_request_order(framing: str, loops: int, cle
     assert handler.calls == 50 * 16
     assert handler.threads == {"reactor-asyncio"}         # pygev's own asyncio loop thread
     assert len(handler.loops) == 1
-    if uvloop is not None:
-        assert all(isinstance(lp, uvloop.Loop) for lp in handler.loops)
+    assert all(isinstance(lp, uvloop.Loop) for lp in handler.loops)
     assert handler.types == {bytes}
 
 
@@ -492,8 +487,7 @@ def test_async_on_connect_finishes_before_any_message_is_handled(kind: str, clea
             assert handler.messages_before_connect_done == 0
         wait_until(lambda: len(handler.closed) == 4, what="the async on_close calls")
     assert (ctx, None) in handler.closed
-    if uvloop is not None:
-        assert isinstance(handler.close_loop, uvloop.Loop)
+    assert isinstance(handler.close_loop, uvloop.Loop)
 
 
 class ConnectFails(Recorder):
@@ -585,7 +579,6 @@ def test_async_with_inside_asyncio_run(how_stop: str, clean: None, caplog: pytes
     assert set(handler.closed) <= {loop} and len(handler.closed) == 10
 
 
-@pytest.mark.skipif(uvloop is None, reason="uvloop is not installed")
 def test_async_with_inside_uvloop(clean: None) -> None:
     handler, loop = uvloop.run(serve_inside_asyncio("thread"))
     assert isinstance(loop, uvloop.Loop)
