@@ -28,6 +28,14 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     return path, data
 
 
+def fixed_send_buffer(conn: Connection, size: int = 64 << 10) -> None:
+    """A fixed (not autotuned) send buffer on the server's socket: output queued past it stays
+    in pygev, whatever this machine's TCP memory settings."""
+    dup = socket.socket(fileno=os.dup(conn.fd))
+    dup.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    dup.close()
+
+
 class Sender(Recorder):
     """On each message, runs `plan(conn)` and returns its reply."""
 
@@ -83,9 +91,7 @@ def test_pending_write_counts_the_file(big_file: tuple[Path, bytes]) -> None:
             queued.set()
 
         def plan(conn: Connection) -> None:
-            dup = socket.socket(fileno=os.dup(conn.fd))     # a fixed send buffer: no autotuning
-            dup.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
-            dup.close()
+            fixed_send_buffer(conn)
             conn.send(ahead)
             conn.loop.run_after(0.2, later, conn)
             return None
@@ -236,6 +242,7 @@ def test_truncated_while_queued_aborts_after_what_exists(tmp_path: Path) -> None
 
     class Shrink(Recorder):
         def on_message(self, conn: Connection, ctx: Any, data: Any) -> Any:
+            fixed_send_buffer(conn)     # so `ahead` fills the kernel and the file waits its turn
             conn.send(ahead)
             with open(path, "rb") as f:
                 conn.sendfile(f)
