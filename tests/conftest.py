@@ -6,8 +6,11 @@ Set PYGEV_HYPOTHESIS_PROFILE=explore for a longer randomised run when hunting bu
 """
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -32,3 +35,13 @@ def pytest_report_header() -> str:
         from reactor.backends import uring_unavailable
         why = uring_unavailable()
     return f"pygev backend: {resolve(None)}" + (f" (io_uring unavailable: {why})" if why else "")
+
+
+@pytest.fixture
+def no_errors(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Fail the test if the reactor logs anything at ERROR (a bug, not bad input); the records
+    from WARNING up stay readable through the fixture."""
+    caplog.set_level(logging.WARNING, logger="reactor")
+    yield caplog
+    assert not [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.ERROR and r.name.startswith("reactor")]

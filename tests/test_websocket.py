@@ -45,16 +45,6 @@ class WsEcho(EchoRecorder):
         return data
 
 
-@pytest.fixture
-def no_errors(caplog):
-    """Fail the test if the reactor logs anything at ERROR (a bug, not bad input)."""
-    caplog.set_level(logging.WARNING, logger="reactor")
-    yield caplog
-    errors = [r.getMessage() for r in caplog.records
-              if r.levelno >= logging.ERROR and r.name.startswith("reactor")]
-    assert not errors
-
-
 def url(srv, path="/"):
     host, port = srv.address[:2]
     return f"ws://{host}:{port}{path}"

@@ -3,7 +3,6 @@
 the upgrade, and no second close frame after one was already sent."""
 from __future__ import annotations
 
-import logging
 import threading
 
 import pytest
@@ -13,14 +12,6 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from reactor.plugins.websocket import WebSocketProtocol
-
-
-@pytest.fixture
-def no_errors(caplog):
-    caplog.set_level(logging.WARNING, logger="reactor")
-    yield caplog
-    assert not [r.getMessage() for r in caplog.records
-                if r.levelno >= logging.ERROR and r.name.startswith("reactor")]
 
 
 class Closer(EchoRecorder):

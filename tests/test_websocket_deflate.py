@@ -25,14 +25,6 @@ from reactor.plugins.websocket import WebSocketProtocol, negotiate_deflate
 SIZES = (16, 100, 1000, 4096, 65536, 256 << 10)
 
 
-@pytest.fixture
-def no_errors(caplog):
-    caplog.set_level(logging.WARNING, logger="reactor")
-    yield caplog
-    assert not [r.getMessage() for r in caplog.records
-                if r.levelno >= logging.ERROR and r.name.startswith("reactor")]
-
-
 def payloads(rng: random.Random):
     """Text and binary messages of every size in SIZES, compressible and not."""
     for size in SIZES:

@@ -17,14 +17,6 @@ from reactor import PeerTimeout
 from reactor.plugins.websocket import MAX_REQUEST_HEAD, WebSocketProtocol
 
 
-@pytest.fixture
-def no_errors(caplog):
-    caplog.set_level(logging.DEBUG, logger="reactor")
-    yield caplog
-    assert not [r.getMessage() for r in caplog.records
-                if r.levelno >= logging.ERROR and r.name.startswith("reactor")]
-
-
 def warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if r.levelno == logging.WARNING and r.name.startswith("reactor")]
