@@ -176,7 +176,6 @@ class Deferrals:
     def __init__(self, loop: EventLoop, max_pending: int) -> None:
         self._loop = loop
         self._max = max_pending
-        self.deferred_count = 0       # Futures handed back by handlers, ever (metrics)
         self._lock = threading.Lock()
         self._arrived: list[tuple[Chain | None, Any, Any, BaseException | None]] = []
         self._posted = False
@@ -245,17 +244,7 @@ class Deferrals:
 
     def when_done(self, future: Any, fn: Any) -> None:
         """Call fn(result, error) on this loop once `future` is done (no order kept: UDP)."""
-        if type(future) is Promise:
-            future.target = fn
-            return
-        if isinstance(future, ConcurrentFuture):
-            future.add_done_callback(lambda f: self._arrive(None, fn, *_outcome(f)))
-            return
-        try:
-            future.get_loop().call_soon_threadsafe(
-                future.add_done_callback, lambda f: self._arrive(None, fn, *_outcome(f)))
-        except RuntimeError as exc:
-            self._arrive(None, fn, None, exc)
+        self._watch(future, None, fn)
 
     def barrier(self, conn: Connection, future: Any) -> None:
         """No message of `conn` is handed over before `future` finished (async on_connect)."""
@@ -275,23 +264,22 @@ class Deferrals:
         slot = Slot(future, barrier)
         chain.entries.append(slot)
         chain.unfinished += 1
-        self.deferred_count += 1
         if barrier:
             chain.barriers += 1
         if (chain.unfinished >= self._max or chain.barriers) and not chain.gated:
             self._gate(chain)
-        self._watch(chain, slot)
+        self._watch(future, chain, slot)
 
-    def _watch(self, chain: Chain, slot: Slot) -> None:
-        """Arrange for the outcome to reach this loop: outcomes that arrive together are
-        settled together (one inbox entry for all of them)."""
-        future = slot.future
+    def _watch(self, future: Any, chain: Chain | None, target: Any) -> None:
+        """Arrange for `future`'s outcome to reach this loop: it settles `target`, a Slot of
+        `chain` (or, chain None, is passed to the function `target`).  Outcomes that arrive
+        together are settled together (one inbox entry for all of them)."""
         if type(future) is Promise:
-            future.target = (chain, slot)       # settle_promises finds it there
+            future.target = (chain, target) if chain is not None else target
             return
 
         def done(f: Any) -> None:           # any thread: the Future's, or its loop's
-            self._arrive(chain, slot, *_outcome(f))
+            self._arrive(chain, target, *_outcome(f))
 
         if isinstance(future, ConcurrentFuture):
             future.add_done_callback(done)
@@ -299,7 +287,7 @@ class Deferrals:
         try:
             future.get_loop().call_soon_threadsafe(future.add_done_callback, done)
         except RuntimeError as exc:       # the Future's loop is closed: it can never finish
-            self._arrive(chain, slot, None, exc)
+            self._arrive(chain, target, None, exc)
 
     def _arrive(self, chain: Chain | None, slot: Any, result: Any, error: BaseException | None) -> None:
         """An outcome from any thread: queued, and one settle is posted per burst."""
@@ -424,7 +412,7 @@ class Deferrals:
                         e.future, e.done = result, False
                         entries.appendleft(e)
                         chain.unfinished += 1
-                        self._watch(chain, e)
+                        self._watch(result, chain, e)
                         break
                     self._reply_now(conn, result)
                 else:
