@@ -9,6 +9,8 @@
   and accept from the shared queue;
 - forks the workers; each one builds its own Server from the parent's options
   (`server.worker_copy()`) and serves it (its `num_loops` loops) until told to stop;
+- returns from start-up (`with`, or the ready point of `start()`) only once every worker listens:
+  each binds its listener, then sends its first stats report, which the parent waits for;
 - restarts a worker that dies (with a growing delay if it keeps dying at once), counting restarts;
 - turns SIGTERM / SIGINT (when it runs on the main thread) or `WorkerPool.stop()` into a graceful
   stop: SIGTERM to every worker, which stops its server (flushing output for at most the stop
@@ -52,6 +54,8 @@ STOP_GRACE = 5.0
 #: With stop(None) a worker still flushing after this many seconds (+ STOP_GRACE) is killed.
 UNBOUNDED_STOP_LIMIT = 30.0
 _MAX_RESTART_DELAY = 5.0
+#: Seconds start() waits for every worker's listener before it goes on anyway.
+STARTUP_LIMIT = 10.0
 
 
 @dataclass
@@ -132,6 +136,7 @@ class WorkerPool:
             self._sel.register(self._wake_r, selectors.EVENT_READ, None)
             for worker in self._workers:
                 self._spawn(worker)
+            self._await_listening(STARTUP_LIMIT)
             log.info("%d workers serving %s", self.count, self.server.address)
             if on_ready is not None:
                 on_ready()
@@ -160,6 +165,23 @@ class WorkerPool:
         sock.bind(address)
         self._reservation = sock
         server.close_listeners()    # workers bind the real port (server.address), not port 0 again
+
+    def _await_listening(self, limit: float) -> None:
+        """Until every worker has said that it listens (its first stats report, written once
+        its listener is bound) or has died: the port refuses no connect once start() or `with`
+        returned.  Bounded: a worker that takes longer only gets a warning."""
+        deadline = time.monotonic() + limit
+        while not self._stopping:
+            with self._lock:
+                waiting = [w.slot for w in self._workers if w.pid and w.slot not in self._latest]
+            if not waiting:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("worker(s) %s not listening after %.0f s; serving without waiting",
+                            ", ".join(map(str, waiting)), limit)
+                return
+            self._turn(remaining)
 
     def _next_timeout(self) -> float | None:
         due = [w.restart_at for w in self._workers if w.restart_at is not None]
@@ -384,13 +406,17 @@ class _WorkerChild:
         _set_parent_death_signal(signal.SIGTERM)
         if os.getppid() != parent:  # the parent died before the line above
             return
-        publisher = threading.Thread(target=self._publish_loop, name="reactor-stats", daemon=True)
-        publisher.start()
+        publisher: threading.Thread | None = None
         try:
+            server.bind()             # listening from here: the first report tells the parent
+            self._publish()
+            publisher = threading.Thread(target=self._publish_loop, name="reactor-stats", daemon=True)
+            publisher.start()
             server.start()
         finally:
             self.done.set()
-            publisher.join(timeout=1.0)
+            if publisher is not None:
+                publisher.join(timeout=1.0)
             self._publish()
             os.close(self.stats_fd)
 

@@ -381,3 +381,30 @@ def test_sigpipe_at_its_default_action_never_kills_the_server(tmp_path: Path) ->
             assert recv_exactly(s, 5) == b"alive"
         assert srv.terminate() == 0
         assert not re.search(r"Traceback|internal error", srv.stderr()), srv.stderr()
+
+
+READY_SCRIPT = r"""
+import socket, sys
+from reactor import Handler, Server
+
+class Echo(Handler):
+    def on_message(self, conn, ctx, data):
+        return data
+
+with Server(Echo(), address="127.0.0.1:0", workers=int(sys.argv[1])) as srv:
+    port = srv.address[1]
+    answers = []
+    for i in range(20):              # connect the moment `with` returns: nobody may refuse it
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"hi%02d" % i)
+            answers.append(s.recv(16))
+    print(b"".join(answers).decode(), flush=True)
+"""
+
+
+def test_with_workers_returns_only_once_every_worker_listens() -> None:
+    """`with Server(..., workers=2)`: the bound port takes connections as soon as it returns."""
+    proc = subprocess.run([sys.executable, "-c", READY_SCRIPT, "2"], capture_output=True,
+                          text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "".join("hi%02d" % i for i in range(20))
