@@ -53,10 +53,16 @@ class _Resolver:
     """getaddrinfo in a few daemon threads (a hung lookup never holds the interpreter's exit)."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple]
+        self._lock: threading.Lock
+        self._threads: int
+        self._idle: int
+        self._reset()
+
+    def _reset(self) -> None:
+        self._jobs = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._threads = 0
-        self._idle = 0
+        self._threads = self._idle = 0
 
     def submit(self, host: str, port: int, family: int,
                done: Callable[[list | None, BaseException | None], None]) -> None:
@@ -87,7 +93,7 @@ class _Resolver:
 
     def forget(self) -> None:
         """After fork: the threads stayed in the parent."""
-        self.__init__()  # type: ignore[misc]
+        self._reset()
 
 
 _resolver = _Resolver()
