@@ -62,7 +62,8 @@ class AsyncRunner:
         self._lock = threading.Lock()
         self._batch: list[tuple[Callable[..., Any], tuple, Promise | None]] = []
         self._scheduled = False
-        self._tasks: set[asyncio.Task] = set()        # asyncio loop thread only, like:
+        self._tasks: dict[asyncio.Task, Promise | None] = {}   # running -> its promise;
+        # asyncio loop thread only, like:
         self._outcomes: list[tuple[Promise, Any, BaseException | None]] = []
         self._posting = False
 
@@ -166,20 +167,22 @@ class AsyncRunner:
         with self._lock:
             batch, self._batch = self._batch, []
             self._scheduled = False
-        loop = asyncio.get_running_loop()
+        create_task = asyncio.get_running_loop().create_task
+        tasks = self._tasks
+        task_done = self._task_done
         for fn, args, promise in batch:
-            if promise is not None and promise.cancelled:
-                continue                    # its connection is gone: never made, never awaited
             try:
                 if promise is None:
-                    task = loop.create_task(fn(*args))
+                    task = create_task(fn(*args))
+                elif promise.cancelled:
+                    continue                # its connection is gone: never made, never awaited
                 else:       # its send()s go before its reply: the task's context says whose
-                    task = copy_context().run(_start_as, promise, loop, fn(*args))
+                    task = copy_context().run(_start_as, promise, create_task, fn(*args))
             except BaseException as exc:     # noqa: BLE001 - handed to the connection
                 self._outcome(promise, None, exc)
                 continue
-            self._tasks.add(task)
-            task.add_done_callback(partial(self._task_done, promise))
+            tasks[task] = promise
+            task.add_done_callback(task_done)
             if promise is not None:
                 promise.on_cancel = partial(self._cancel_task, task)
                 if promise.cancelled:       # cancelled while the task was being made
@@ -194,8 +197,8 @@ class AsyncRunner:
         except RuntimeError:
             pass
 
-    def _task_done(self, promise: Promise | None, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
+    def _task_done(self, task: asyncio.Task) -> None:
+        promise = self._tasks.pop(task, None)
         if promise is not None:
             promise.on_cancel = None        # it refers to the task: no cycle left behind
         if task.cancelled():
@@ -233,10 +236,11 @@ class AsyncRunner:
             loop.call_soon(loop.deferrals.settle_promises, items)
 
 
-def _start_as(promise: Promise, loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task:
-    """Inside a fresh context: mark it as `promise`'s, then start the task (which copies it)."""
+def _start_as(promise: Promise, create_task: Callable[[Any], asyncio.Task], coro: Any) -> asyncio.Task:
+    """Inside a fresh context: mark it as `promise`'s, then start the task (which copies it).
+    (create_task(context=) would save the second copy, but needs Python 3.11.)"""
     enter_promise(promise)
-    return loop.create_task(coro)
+    return create_task(coro)
 
 
 def _nothing(*_args: Any) -> None:
