@@ -62,8 +62,8 @@ class AsyncRunner:
         self._lock = threading.Lock()
         self._batch: list[tuple[Callable[..., Any], tuple, Promise | None]] = []
         self._scheduled = False
-        self._tasks: dict[asyncio.Task, Promise | None] = {}   # running -> its promise;
-        # asyncio loop thread only, like:
+        # running task -> its promise; this and the next two: asyncio loop thread only
+        self._tasks: dict[asyncio.Task, Promise | None] = {}
         self._outcomes: list[tuple[Promise, Any, BaseException | None]] = []
         self._posting = False
 
