@@ -15,26 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
-import sys
+import tempfile
 import time
+from pathlib import Path
 
 from . import loadgen
 from .procstat import cpu_split
+from .servers import ROOT, ServerProcess, ServerSpec, specs_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSCALLS = ("read", "recvfrom", "write", "sendto", "sendmsg", "epoll_wait", "epoll_pwait",
             "io_uring_enter")
-EXAMPLES = {"get": "examples/line_get.py", "rpc": "examples/rpc.py", "raw": "examples/echo.py"}
-PEERS = {"get": "bench/peers/line_get_server.py", "rpc": "bench/peers/rpc_server.py",
-         "raw": "bench/peers/protocol_echo.py"}
-SERVERS = {
-    "pygev epoll": lambda kind: ["env", "PYGEV_BACKEND=epoll", sys.executable, EXAMPLES[kind]],
-    "pygev io_uring": lambda kind: ["env", "PYGEV_BACKEND=io_uring", sys.executable, EXAMPLES[kind]],
-    "uvloop": lambda kind: [sys.executable, PEERS[kind], "--loop", "uvloop"],
-}
+#: bench/servers.py names: pygev's example on each backend, and the uvloop peer of the service
+SERVERS = ("pygev", "pygev-uring", "uvloop")
 CELLS = {"get50p16": ("get", 50, 16), "rpc50p16": ("rpc", 50, 16), "raw1": ("raw", 1, 1),
          "raw50": ("raw", 50, 1), "raw1000": ("raw", 1000, 1)}
 
@@ -55,18 +49,23 @@ def count_syscalls(pid: int, seconds: float) -> int:
     return total
 
 
-def measure(kind: str, conns: int, pipeline: int, argv: list[str], port: int,
-            args: argparse.Namespace) -> dict:
+def measure(spec: ServerSpec, conns: int, pipeline: int, args: argparse.Namespace,
+            log_dir: Path) -> dict:
+    """One run of `spec` under the load generator: msgs/s, user and kernel us per message,
+    syscalls per message."""
+
     binary = loadgen.build()
-    server = subprocess.Popen(["taskset", "-c", str(args.server_cpu), *argv, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    server = ServerProcess(spec, ["taskset", "-c", str(args.server_cpu)], log_dir)
     client = None
     try:
-        time.sleep(1.0)
+        why = server.wait_ready()
+        if why is not None:
+            raise RuntimeError(f"{spec.name}: {why}")
         client = subprocess.Popen(
-            ["taskset", "-c", str(args.client_cpu), str(binary), "--port", str(port), "--mode", kind,
-             "--conns", str(conns), "--pipeline", str(pipeline), "--duration", str(args.duration),
-             "--warmup", "1", "--server-pid", str(server.pid), "--size", "64"],
+            ["taskset", "-c", str(args.client_cpu), str(binary), "--port", str(server.port),
+             "--mode", spec.kind, "--conns", str(conns), "--pipeline", str(pipeline),
+             "--duration", str(args.duration), "--warmup", "1", "--server-pid", str(server.pid),
+             "--size", "64"],
             stdout=subprocess.PIPE, text=True)
         time.sleep(1.0 + args.duration / 4)            # past the warm-up, into the measurement
         before = cpu_split(server.pid)
@@ -79,14 +78,9 @@ def measure(kind: str, conns: int, pipeline: int, argv: list[str], port: int,
         if client is not None and client.poll() is None:
             client.kill()
             client.wait()
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        server.stop()
     if before is None or after is None or result.get("error"):
-        raise RuntimeError(f"measurement failed: {result.get('error', 'no /proc figures')}")
+        raise RuntimeError(f"measurement failed: {result.get('error') or 'no /proc figures'}")
     rate = result["msgs"] / args.duration
     per = 1e6 / (rate * window)
     return {"rate": rate, "user": (after[0] - before[0]) * per, "sys": (after[1] - before[1]) * per,
@@ -99,7 +93,7 @@ def handler_floor(repeat: int = 5, number: int = 100_000) -> float:
     bytes.split, the replies joined (what a read costs without any framework around it)."""
     import importlib.util
     import timeit
-    spec = importlib.util.spec_from_file_location("line_get", os.path.join(ROOT, EXAMPLES["get"]))
+    spec = importlib.util.spec_from_file_location("line_get", ROOT / "examples" / "line_get.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -119,32 +113,32 @@ def handler_floor(repeat: int = 5, number: int = 100_000) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated: {', '.join(CELLS)}")
-    parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated: {', '.join(SERVERS)}")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help=f"comma-separated bench/servers.py names (default {', '.join(SERVERS)})")
     parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per run")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
-    parser.add_argument("--port", type=int, default=19600, help="first port used (one per run)")
     args = parser.parse_args()
     cells = [c for c in args.cells.split(",") if c]
-    servers = [s for s in args.servers.split(",") if s]
+    names = [s for s in args.servers.split(",") if s]
     for name in cells:
         if name not in CELLS:
             parser.error(f"unknown cell {name!r}")
-    for name in servers:
-        if name not in SERVERS:
-            parser.error(f"unknown server {name!r}")
     if "get50p16" in cells:
         print(f"get handler floor (list comprehension, no framework): {handler_floor():.3f} us/msg\n")
     print("| cell | server | msgs/s | user us/msg | kernel us/msg | total us/msg | syscalls/msg |")
     print("|---|---|--:|--:|--:|--:|--:|")
-    port = args.port
-    for cell in cells:
-        kind, conns, pipeline = CELLS[cell]
-        for server in servers:
-            m = measure(kind, conns, pipeline, SERVERS[server](kind), port, args)
-            port += 1
-            print(f"| {cell} | {server} | {m['rate']:,.0f} | {m['user']:.2f} | {m['sys']:.2f} | "
-                  f"{m['user'] + m['sys']:.2f} | {m['syscalls']:.3f} |", flush=True)
+    with tempfile.TemporaryDirectory(prefix="pygev-cpu-split-") as log_dir:
+        for cell in cells:
+            kind, conns, pipeline = CELLS[cell]
+            specs = specs_for(kind, names)
+            if len(specs) != len(names):
+                parser.error(f"--servers: {kind} has no server named "
+                             f"{', '.join(set(names) - {s.name for s in specs})}")
+            for spec in specs:
+                m = measure(spec, conns, pipeline, args, Path(log_dir))
+                print(f"| {cell} | {spec.label} | {m['rate']:,.0f} | {m['user']:.2f} | "
+                      f"{m['sys']:.2f} | {m['user'] + m['sys']:.2f} | {m['syscalls']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
