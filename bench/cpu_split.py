@@ -53,7 +53,6 @@ def measure(spec: ServerSpec, conns: int, pipeline: int, args: argparse.Namespac
             log_dir: Path) -> dict:
     """One run of `spec` under the load generator: msgs/s, user and kernel us per message,
     syscalls per message."""
-
     binary = loadgen.build()
     server = ServerProcess(spec, ["taskset", "-c", str(args.server_cpu)], log_dir)
     client = None
